@@ -1,0 +1,40 @@
+"""lfpoptim: train neural networks with Layer-wise Feedback Propagation behind a torch.optim API."""
+
+from . import rewards, rules
+from .engine import LFPPass, lfp_pass
+from .modules import Heaviside, heaviside
+from .optimizer import LFPOptimizer, LFPStepResult
+from .rewards import (
+    BinarySigmoidLossReward,
+    BoundedSoftmaxReward,
+    CorrectClassificationReward,
+    MaximizeSingleNeuron,
+    MinimizeSingleNeuron,
+    MisclassificationReward,
+    ScoreReward,
+    SigmoidLossReward,
+    SoftmaxLossReward,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BinarySigmoidLossReward",
+    "BoundedSoftmaxReward",
+    "CorrectClassificationReward",
+    "Heaviside",
+    "LFPOptimizer",
+    "LFPPass",
+    "LFPStepResult",
+    "MaximizeSingleNeuron",
+    "MinimizeSingleNeuron",
+    "MisclassificationReward",
+    "ScoreReward",
+    "SigmoidLossReward",
+    "SoftmaxLossReward",
+    "__version__",
+    "heaviside",
+    "lfp_pass",
+    "rewards",
+    "rules",
+]

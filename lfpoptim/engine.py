@@ -1,0 +1,292 @@
+r"""One LFP pass: forward under the rules, reward, one backward pass, raw feedback.
+
+The engine runs LFP in its *gradient formulation*. Writing :math:`g_x = R_x / x` for the reward
+that reaches a tensor, epsilon-LFP is ordinary backpropagation of
+
+.. math::
+
+    g_{\text{out}} = \frac{R_{\text{out}}}{\operatorname{stab}(y_{\text{out}})}
+
+once every rule has shaped its operation's backward (:mod:`lfpoptim.rules`). Afterwards
+``theta.grad`` holds :math:`J_\theta^\top n` summed over every use of :math:`\theta`, and the
+feedback is :math:`F_\theta = |\theta| \odot J_\theta^\top n`.
+
+The rules are attached by a :class:`~torch.overrides.TorchFunctionMode` that sees every torch
+function the forward calls. Nothing is registered on the model: no module is swapped, no module
+hook is left, no ``inplace`` flag is touched, and the only state the forward changes (buffers such
+as BatchNorm's running statistics) is restored if anything fails before the feedback is returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .rules import FusionCell, RuleMap, is_inplace_call, stabilise, stabiliser_ratio
+
+FeedbackReduction = Literal["normalized", "mean", "sum"]
+RewardFunction = Callable[[torch.Tensor, Any], torch.Tensor]
+
+
+@dataclass(eq=False)
+class _Stabilised:
+    """The output z of an epsilon-rule operation, until the forward is over."""
+
+    tensor: torch.Tensor
+    values: torch.Tensor
+    epsilon: float
+    node: Any
+    output_nr: int
+    consumers: int = 0
+    cell: FusionCell | None = None
+
+
+class _StabiliserHook:
+    r"""Autograd node pre-hook: multiplies the gradient arriving at z by :math:`|z| / (|z| + \varepsilon)`.
+
+    It holds z's values detached from the graph, so no reference cycle through the graph forms.
+    """
+
+    __slots__ = ("epsilon", "output_nr", "values")
+
+    def __init__(self, values: torch.Tensor, epsilon: float, output_nr: int) -> None:
+        self.values = values
+        self.epsilon = epsilon
+        self.output_nr = output_nr
+
+    def __call__(self, grad_outputs: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...] | None:
+        grad = grad_outputs[self.output_nr]
+        if grad is None:
+            return None
+        scaled = list(grad_outputs)
+        scaled[self.output_nr] = grad * stabiliser_ratio(self.values, self.epsilon)
+        return tuple(scaled)
+
+
+def _tensors(args: Iterable[Any]) -> Iterable[torch.Tensor]:
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            yield arg
+        elif isinstance(arg, (list, tuple)):
+            yield from (item for item in arg if isinstance(item, torch.Tensor))
+
+
+def _requires_grad(output: Any) -> bool:
+    if isinstance(output, torch.Tensor):
+        return output.requires_grad
+    if isinstance(output, (list, tuple)):
+        return any(isinstance(item, torch.Tensor) and item.requires_grad for item in output)
+    return False
+
+
+class ForwardTrace(TorchFunctionMode):
+    """Attaches LFP rules to every torch function called during one forward.
+
+    Epsilon-rule outputs are tracked until the forward ends; :meth:`finalize` then decides for
+    each one whether the single activation reading it applies its stabiliser (fused) or a hook on
+    its autograd node does. Use it as a context manager around exactly one forward.
+    """
+
+    def __init__(self, rules: RuleMap) -> None:
+        super().__init__()
+        self.rules = rules
+        self._by_id: dict[int, _Stabilised] = {}
+        self._records: list[_Stabilised] = []
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Sequence[type],
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
+        kwargs = dict(kwargs or {})
+        rule = self.rules.get(func)
+        if rule is not None:
+            return rule(self, func, args, kwargs)
+        if not self._by_id:
+            return func(*args, **kwargs)
+        inplace = is_inplace_call(func, kwargs)
+        read = self._read(args, kwargs)
+        if inplace and read:
+            self._release(args[0], snapshot=True)
+        output = func(*args, **kwargs)
+        if read and _requires_grad(output) and not any(output is arg for arg in args):
+            for record in read:
+                record.consumers += 1
+        return output
+
+    def _read(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[_Stabilised]:
+        found = []
+        for tensor in _tensors((*args, *kwargs.values())):
+            record = self._by_id.get(id(tensor))
+            if record is not None and record.tensor is tensor:
+                found.append(record)
+        return found
+
+    def _release(self, tensor: Any, snapshot: bool) -> None:
+        """``tensor`` is about to be overwritten in place: its record keeps a copy, or forgets it."""
+        record = self._by_id.pop(id(tensor), None)
+        if record is not None and snapshot:
+            record.values = record.values.clone()
+
+    # -- the Trace protocol used by the rules -------------------------------------------------
+    def consume(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], inplace: bool) -> None:
+        if not self._by_id:
+            return
+        read = self._read(args, kwargs)
+        for record in read:
+            record.consumers += 1
+        if inplace and read:
+            self._release(args[0], snapshot=True)
+
+    def mark_stabilised(self, output: torch.Tensor, epsilon: float) -> None:
+        record = _Stabilised(output, output.detach(), epsilon, output.grad_fn, output.output_nr)
+        self._records.append(record)
+        self._by_id[id(output)] = record
+
+    def fuse_activation(self, z: torch.Tensor, inplace: bool) -> FusionCell:
+        record = self._by_id.get(id(z))
+        if record is None or record.tensor is not z:
+            return FusionCell()
+        if inplace:
+            self._release(z, snapshot=record.consumers > 0)
+        record.consumers += 1
+        cell = FusionCell(epsilon=record.epsilon)
+        if record.cell is None:
+            record.cell = cell
+        return cell
+
+    # -- after the forward ----------------------------------------------------------------------
+    def finalize(self, output: torch.Tensor) -> float | None:
+        """Fuse or hook every tracked output; return ε if ``output`` itself is one of them.
+
+        The model's output is never hooked: the seed of the backward pass divides by its
+        stabiliser already, and doing it twice would shift the result by O(ε).
+        """
+        output_epsilon = None
+        for record in self._records:
+            if record.tensor is output:
+                output_epsilon = record.epsilon
+            elif record.cell is not None and record.consumers == 1:
+                record.cell.fused = True
+            elif record.consumers > 0:
+                hook = _StabiliserHook(record.values, record.epsilon, record.output_nr)
+                record.node.register_prehook(hook)
+        self.clear()
+        return output_epsilon
+
+    def clear(self) -> None:
+        self._by_id.clear()
+        self._records.clear()
+
+
+@dataclass
+class LFPPass:
+    """What one LFP pass computed.
+
+    Attributes:
+        outputs: the model's outputs, detached.
+        reward: the reward at the outputs (shaped like them).
+        grads: :math:`J_\\theta^\\top n` per parameter, in the order asked for; the feedback is
+            ``params[i].abs() * grads[i]``. Zeros where no reward reached a parameter.
+        input_reward: the reward that arrived at the inputs, when asked for.
+    """
+
+    outputs: torch.Tensor
+    reward: torch.Tensor
+    grads: list[torch.Tensor]
+    input_reward: torch.Tensor | None = field(default=None)
+
+
+def check_reward(reward: Any, outputs: torch.Tensor) -> torch.Tensor:
+    """Raise a clear error unless ``reward`` is a finite tensor shaped like ``outputs``."""
+    if not isinstance(reward, torch.Tensor):
+        raise TypeError(f"reward_fn must return a torch.Tensor shaped like the outputs, got {type(reward).__name__}")
+    if reward.shape != outputs.shape:
+        raise ValueError(
+            f"reward has shape {tuple(reward.shape)} but outputs have shape {tuple(outputs.shape)}: "
+            "the reward must give one value per output unit"
+        )
+    finite = torch.isfinite(reward)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(
+            f"reward contains NaN or Inf ({bad} of {reward.numel()} entries); "
+            "check the model's outputs and the targets"
+        )
+    return reward.to(outputs.dtype)
+
+
+def _seed(outputs: torch.Tensor, reward: torch.Tensor, output_epsilon: float | None) -> torch.Tensor:
+    r""":math:`R / \operatorname{stab}(y)` when the output is an epsilon-rule output, else :math:`R / y`."""
+    if output_epsilon is not None:
+        return reward / stabilise(outputs, output_epsilon)
+    return reward / torch.where(outputs == 0, torch.ones_like(outputs), outputs)
+
+
+def lfp_pass(
+    model: nn.Module,
+    inputs: Any,
+    targets: Any,
+    reward_fn: RewardFunction,
+    params: Sequence[torch.Tensor],
+    rules: RuleMap,
+    reduction: FeedbackReduction = "mean",
+    with_input_reward: bool = False,
+) -> LFPPass:
+    """Run one LFP pass and return the raw per-parameter feedback factors.
+
+    The model is left exactly as it was if anything raises: buffers changed by the forward (such
+    as BatchNorm's running statistics) are restored, and no hook outlives the pass. Parameters
+    and their ``.grad`` are never touched.
+
+    Args:
+        model: the network; called as ``model(inputs)``.
+        inputs: the batch, passed to the model as is.
+        targets: passed to ``reward_fn`` as is.
+        reward_fn: ``reward_fn(outputs, targets)`` returns the reward, shaped like the outputs.
+        params: the parameters to compute feedback for.
+        rules: which rule each torch function gets.
+        reduction: ``"sum"`` sums feedback over the batch (as the reference does); ``"mean"``
+            and ``"normalized"`` divide it by the batch size (the per-tensor normalisation of
+            ``"normalized"`` is applied later, by :func:`lfpoptim.functional.weight_scale_`).
+        with_input_reward: also return the reward that reaches ``inputs`` (a tensor).
+    """
+    saved_buffers = [buffer.detach().clone() for buffer in model.buffers()]
+    try:
+        if with_input_reward:
+            inputs = inputs.detach().requires_grad_(True)
+        trace = ForwardTrace(rules)
+        try:
+            with trace:
+                outputs = model(inputs)
+            if not isinstance(outputs, torch.Tensor):
+                raise TypeError(
+                    f"the model returned {type(outputs).__name__}; LFP needs a single output tensor "
+                    "(wrap the model so that it returns the tensor the reward is computed on)"
+                )
+            output_epsilon = trace.finalize(outputs)
+        finally:
+            trace.clear()
+        with torch.no_grad():
+            reward = check_reward(reward_fn(outputs.detach(), targets), outputs)
+            seed = _seed(outputs.detach(), reward, output_epsilon)
+            if reduction != "sum":
+                seed = seed / outputs.shape[0]
+        wrt = [*params, inputs] if with_input_reward else list(params)
+        grads = list(torch.autograd.grad(outputs, wrt, seed, allow_unused=True, materialize_grads=True))
+    except BaseException:
+        with torch.no_grad():
+            for buffer, saved in zip(model.buffers(), saved_buffers, strict=True):
+                buffer.copy_(saved)
+        raise
+    input_reward = None
+    if with_input_reward:
+        input_reward = (grads.pop() * inputs).detach()
+    return LFPPass(outputs=outputs.detach(), reward=reward, grads=grads, input_reward=input_reward)

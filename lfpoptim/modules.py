@@ -1,0 +1,26 @@
+"""Modules that lfpoptim ships for models that gradient descent cannot train."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.overrides import handle_torch_function, has_torch_function_unary
+
+
+def heaviside(x: torch.Tensor) -> torch.Tensor:
+    r"""The unit step :math:`H(x) = [x > 0]`, with a zero gradient everywhere.
+
+    Autograd sees a constant, so gradient descent cannot train through it. Under LFP the
+    activation's identity rule carries reward through it unchanged. The function takes part in
+    torch's function overrides so that the LFP engine can recognise it.
+    """
+    if has_torch_function_unary(x):
+        return handle_torch_function(heaviside, (x,), x)
+    return (x > 0).to(x.dtype)
+
+
+class Heaviside(nn.Module):
+    """Module form of :func:`heaviside`: a spiking-style step activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return heaviside(x)

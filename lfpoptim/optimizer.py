@@ -1,0 +1,211 @@
+"""``LFPOptimizer``: Layer-wise Feedback Propagation behind the ``torch.optim`` interface.
+
+The class is thin. :meth:`LFPOptimizer.step` asks the engine for one LFP pass
+(:func:`lfpoptim.engine.lfp_pass`), turns the result into gradients with
+:func:`lfpoptim.functional.weight_scale_` and lets the base optimizer step. Everything a scheduler,
+a checkpoint or a training loop reads (``param_groups``, ``state``, ``state_dict``) is the base
+optimizer's own, shared rather than copied.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, get_args
+
+import torch
+from torch import nn
+
+from .engine import FeedbackReduction, RewardFunction, lfp_pass
+from .functional import weight_scale_
+from .rules import DropoutMode, RuleMap, default_rules
+
+BaseOptimizer = type[torch.optim.Optimizer] | functools.partial | Callable[..., torch.optim.Optimizer] | str
+
+
+@dataclass
+class LFPStepResult:
+    """What :meth:`LFPOptimizer.step` returns, so a loop can log without a second forward.
+
+    Attributes:
+        outputs: the model's outputs for the batch (detached).
+        reward: the reward at the outputs (detached, shaped like them).
+    """
+
+    outputs: torch.Tensor
+    reward: torch.Tensor
+
+    @property
+    def mean_reward(self) -> float:
+        """The reward averaged over every output unit of the batch."""
+        return float(self.reward.mean())
+
+
+def _build_base(
+    base: BaseOptimizer, model: nn.Module, params: Iterable[Any] | None, kwargs: dict[str, Any]
+) -> torch.optim.Optimizer:
+    if isinstance(base, str):
+        from timm.optim import create_optimizer_v2
+
+        return create_optimizer_v2(model if params is None else params, opt=base, **kwargs)
+    if not callable(base):
+        raise TypeError(
+            f"base must be an optimizer class, a functools.partial or a timm optimizer name, got {type(base).__name__}"
+        )
+    optimizer = base(model.parameters() if params is None else params, **kwargs)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"base(...) must build a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    return optimizer
+
+
+class LFPOptimizer(torch.optim.Optimizer):
+    r"""Train ``model`` with Layer-wise Feedback Propagation, stepping any ``torch.optim`` optimizer.
+
+    Each :meth:`step` runs the model on a batch with the LFP rules attached, computes the reward,
+    propagates it backwards in a single backward pass, sets
+    :math:`\theta.\mathrm{grad} = -F_\theta` for every trainable parameter and steps the base
+    optimizer.
+
+    Args:
+        model: the network to train.
+        reward_fn: ``reward_fn(outputs, targets)`` returns a reward shaped like ``outputs``; see
+            :mod:`lfpoptim.rewards`.
+        base: the optimizer that applies the update: a ``torch.optim.Optimizer`` class, a
+            ``functools.partial`` of one, or a timm optimizer name (``"adamw"``, ``"lamb"``, ...)
+            built by ``timm.optim.create_optimizer_v2``.
+        epsilon: ε of the epsilon rule.
+        feedback_reduction: how feedback is scaled before the step.
+            ``"normalized"`` (default) averages it over the batch and divides each parameter
+            tensor's feedback by that tensor's mean magnitude :math:`\overline{|\theta|}`: the
+            update then has the scale of an SGD step whatever the batch size and the weights'
+            scale, so SGD's learning rates carry over, while :math:`|\theta|` still decides how
+            the update is shared within the tensor. ``"mean"`` only averages over the batch (the
+            weight scaling then shrinks steps by the typical weight magnitude, ~0.05 in an MLP,
+            so learning rates must be ~20x SGD's). ``"sum"`` sums over the batch as the
+            reference implementation does (learning rate divided by the batch size, or
+            clipping, needed).
+        clip_norm: if given, clip the 2-norm of all feedback to this value before the step.
+        dropout: ``"reference"`` or ``"conservative"`` treatment of train-mode dropout, see
+            :class:`lfpoptim.rules.DropoutRule`.
+        params: what the base optimizer optimizes (parameters or parameter groups); all of the
+            model's parameters when ``None``.
+        rules: a rule map replacing :func:`lfpoptim.rules.default_rules` (advanced).
+        **base_kwargs: passed to ``base`` (``lr``, ``momentum``, ``weight_decay``, ...).
+
+    Example:
+        >>> opt = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1, momentum=0.9)
+        >>> for inputs, targets in loader:
+        ...     result = opt.step(inputs, targets)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        reward_fn: RewardFunction,
+        base: BaseOptimizer = torch.optim.SGD,
+        *,
+        epsilon: float = 1e-6,
+        feedback_reduction: FeedbackReduction = "normalized",
+        clip_norm: float | None = None,
+        dropout: DropoutMode = "reference",
+        params: Iterable[Any] | None = None,
+        rules: RuleMap | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(reward_fn):
+            raise TypeError(f"reward_fn must be callable as reward_fn(outputs, targets), got {type(reward_fn).__name__}")
+        if feedback_reduction not in get_args(FeedbackReduction):
+            raise ValueError(
+                f"feedback_reduction must be one of {get_args(FeedbackReduction)}, got {feedback_reduction!r}"
+            )
+        if clip_norm is not None and not clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
+        if dropout not in get_args(DropoutMode):
+            raise ValueError(f"dropout must be 'reference' or 'conservative', got {dropout!r}")
+        base_optimizer = _build_base(base, model, params, base_kwargs)
+        super().__init__(base_optimizer.param_groups, base_optimizer.defaults)
+        self.base = base_optimizer
+        self._share_base_state()
+        self.model = model
+        self.reward_fn = reward_fn
+        self.epsilon = epsilon
+        self.feedback_reduction: FeedbackReduction = feedback_reduction
+        self.clip_norm = clip_norm
+        self.rules = default_rules(epsilon, dropout) if rules is None else rules
+
+    def _share_base_state(self) -> None:
+        self.param_groups = self.base.param_groups
+        self.state = self.base.state
+        self.defaults = self.base.defaults
+
+    def _trainable(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+    def step(self, inputs: Any, targets: Any = None) -> LFPStepResult:  # type: ignore[override]
+        """One LFP training step on a batch.
+
+        Args:
+            inputs: passed to the model as ``model(inputs)``.
+            targets: passed to the reward as ``reward_fn(outputs, targets)``.
+
+        Returns:
+            the outputs and the reward, for logging.
+
+        If anything raises (the forward, the reward, a NaN reward, the backward), the model, the
+        parameters, their ``.grad`` and the optimizer state are left as they were.
+        """
+        params = self._trainable()
+        result = lfp_pass(self.model, inputs, targets, self.reward_fn, params, self.rules, self.feedback_reduction)
+        weight_scale_(result.grads, params, sign=-1.0, normalize=self.feedback_reduction == "normalized")
+        for param, grad in zip(params, result.grads, strict=True):
+            param.grad = grad
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
+        self.base.step()
+        return LFPStepResult(outputs=result.outputs, reward=result.reward)
+
+    def feedback(self, inputs: Any, targets: Any = None) -> dict[str, torch.Tensor]:
+        r"""The feedback :math:`F_\theta` of every trainable parameter of the model, by name.
+
+        Computed with this optimizer's settings (ε, reduction, dropout), changing nothing: not
+        the parameters, not their ``.grad``, not the optimizer state, not the model's buffers.
+        Note that a model in ``train()`` mode still draws new dropout masks.
+        """
+        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
+        buffers = [buffer.detach().clone() for buffer in self.model.buffers()]
+        try:
+            result = lfp_pass(
+                self.model, inputs, targets, self.reward_fn, params, self.rules, self.feedback_reduction
+            )
+        finally:
+            with torch.no_grad():
+                for buffer, saved in zip(self.model.buffers(), buffers, strict=True):
+                    buffer.copy_(saved)
+        weight_scale_(result.grads, params, sign=1.0, normalize=self.feedback_reduction == "normalized")
+        return {name: grad for (name, _), grad in zip(named, result.grads, strict=True)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state dict: a checkpoint loads into either optimizer."""
+        return self.base.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict saved by this optimizer or by a base optimizer of the same kind."""
+        self.base.load_state_dict(state_dict)
+        self._share_base_state()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group to the base optimizer (and so to this one)."""
+        if "base" not in self.__dict__:  # called by torch.optim.Optimizer.__init__
+            super().add_param_group(param_group)
+            return
+        self.base.add_param_group(param_group)
+
+    def __repr__(self) -> str:
+        return (
+            f"LFPOptimizer(base={type(self.base).__name__}, epsilon={self.epsilon}, "
+            f"feedback_reduction={self.feedback_reduction!r}, clip_norm={self.clip_norm})\n{self.base!r}"
+        )

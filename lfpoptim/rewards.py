@@ -1,0 +1,220 @@
+r"""Rewards with the call shape of a torch loss: ``reward(outputs, targets) -> Tensor``.
+
+A reward says, per sample and per output unit, what was good (positive) or bad (negative); LFP
+decomposes it backwards through the network. The returned tensor is shaped like ``outputs`` and
+lives on their device. The class names are those of the reference implementation (``lfprop``),
+but no ``device`` argument is needed: it is taken from the outputs.
+
+Classification rewards take ``targets`` as class indices shaped ``(batch,)`` (any integer dtype)
+or, where noted, as class probabilities shaped like the outputs, just as
+:func:`torch.nn.functional.cross_entropy` does.
+
+The seed of LFP's backward pass is :math:`R / y` per output unit, so a reward of the form
+:math:`y \odot s` makes the outputs move along :math:`s`: for :class:`SoftmaxLossReward`,
+:math:`s = \text{onehot} - \operatorname{softmax}(y)` is exactly minus the gradient of
+cross-entropy at the logits. Rewards that are discrete (:class:`CorrectClassificationReward`, a
+human's yes/no through :class:`ScoreReward`) multiply by :math:`\operatorname{sign}(y)` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "BinarySigmoidLossReward",
+    "BoundedSoftmaxReward",
+    "CorrectClassificationReward",
+    "MaximizeSingleNeuron",
+    "MinimizeSingleNeuron",
+    "MisclassificationReward",
+    "ScoreReward",
+    "SigmoidLossReward",
+    "SoftmaxLossReward",
+]
+
+
+def _check_logits(outputs: torch.Tensor, reward: str) -> None:
+    if outputs.dim() != 2:
+        raise ValueError(f"{reward} expects outputs shaped (batch, classes), got shape {tuple(outputs.shape)}")
+
+
+def class_indices(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Tensor:
+    """Validate class-index targets for ``outputs`` shaped ``(batch, classes)`` and return them."""
+    _check_logits(outputs, reward)
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"{reward} expects targets as a torch.Tensor of class indices, got {type(targets).__name__}")
+    batch, classes = outputs.shape
+    if targets.shape != (batch,):
+        raise ValueError(
+            f"targets have shape {tuple(targets.shape)} but {reward} expects class indices shaped ({batch},) "
+            f"for outputs of shape {tuple(outputs.shape)}"
+        )
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(f"targets have dtype {targets.dtype} but class indices must be an integer dtype (torch.long)")
+    if batch and (int(targets.min()) < 0 or int(targets.max()) >= classes):
+        bad = int(targets.max()) if int(targets.max()) >= classes else int(targets.min())
+        raise ValueError(f"target class index {bad} is out of range for outputs with {classes} classes")
+    return targets.to(outputs.device)
+
+
+def class_targets(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Tensor:
+    """One-hot encode class indices, or pass class probabilities shaped like ``outputs`` through."""
+    if isinstance(targets, torch.Tensor) and targets.shape == outputs.shape and targets.dtype.is_floating_point:
+        return targets.to(device=outputs.device, dtype=outputs.dtype)
+    indices = class_indices(outputs, targets, reward)
+    return F.one_hot(indices, outputs.shape[1]).to(outputs.dtype)
+
+
+class SoftmaxLossReward:
+    r""":math:`R = y \odot (t - \operatorname{softmax}(y))`, the paper's default.
+
+    ``t`` is the one-hot target (or given class probabilities). :math:`R / y` is minus the
+    gradient of cross-entropy at the logits, which is why LFP with this reward on a ReLU network
+    is weight-scaled gradient ascent on minus the cross-entropy.
+    """
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        onehot = class_targets(outputs, targets, type(self).__name__)
+        return outputs * (onehot - outputs.softmax(dim=1))
+
+
+class SigmoidLossReward:
+    r""":math:`R = y \odot (t - \sigma(y))` with one-hot ``t``: independent binary decisions per class."""
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        onehot = class_targets(outputs, targets, type(self).__name__)
+        return outputs * (onehot - torch.sigmoid(outputs))
+
+
+class BinarySigmoidLossReward:
+    r""":math:`R = y \odot (t - \sigma(y))` for one logit per sample and targets in {0, 1}.
+
+    ``targets`` may have any shape with as many entries as ``outputs`` (``(batch,)`` for outputs
+    shaped ``(batch, 1)``), like :func:`torch.nn.functional.binary_cross_entropy_with_logits` after
+    a reshape.
+    """
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if not isinstance(targets, torch.Tensor):
+            raise TypeError(f"BinarySigmoidLossReward expects targets as a torch.Tensor, got {type(targets).__name__}")
+        if targets.numel() != outputs.numel():
+            raise ValueError(
+                f"targets have shape {tuple(targets.shape)} ({targets.numel()} entries) but outputs have shape "
+                f"{tuple(outputs.shape)} ({outputs.numel()} entries): give one 0/1 target per logit"
+            )
+        labels = targets.to(device=outputs.device, dtype=outputs.dtype).view_as(outputs)
+        return outputs * (labels - torch.sigmoid(outputs))
+
+
+class BoundedSoftmaxReward:
+    r"""Softmax reward whose probabilities are clipped: above ``upper_bound`` they count as 1, below
+    ``lower_bound`` as 0.
+
+    :math:`R = y \odot (t - \tilde p)`, or :math:`\operatorname{sign}(y) \odot (t - \tilde p)` with
+    ``logit_sign_only=True``.
+    """
+
+    def __init__(self, lower_bound: float = 0.0, upper_bound: float = 1.0, logit_sign_only: bool = False) -> None:
+        if not 0.0 <= lower_bound <= upper_bound <= 1.0:
+            raise ValueError(
+                f"bounds must satisfy 0 <= lower_bound <= upper_bound <= 1, got {lower_bound} and {upper_bound}"
+            )
+        self.lower_bound = lower_bound
+        self.upper_bound = upper_bound
+        self.logit_sign_only = logit_sign_only
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        onehot = class_targets(outputs, targets, type(self).__name__)
+        probabilities = outputs.softmax(dim=1)
+        probabilities = torch.where(probabilities > self.upper_bound, 1.0, probabilities)
+        probabilities = torch.where(probabilities < self.lower_bound, 0.0, probabilities)
+        scale = outputs.sign() if self.logit_sign_only else outputs
+        return scale * (onehot - probabilities)
+
+
+def _is_correct(outputs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    return outputs.gather(1, indices[:, None]).squeeze(1) == outputs.amax(dim=1)
+
+
+class CorrectClassificationReward:
+    r"""Discrete: :math:`\operatorname{sign}(y)` at the target unit of each correctly classified
+    sample, 0 elsewhere. Not differentiable, and LFP does not need it to be."""
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        indices = class_indices(outputs, targets, type(self).__name__)
+        onehot = F.one_hot(indices, outputs.shape[1]).to(outputs.dtype)
+        return onehot * _is_correct(outputs, indices)[:, None].to(outputs.dtype) * outputs.sign()
+
+
+class MisclassificationReward:
+    r"""Discrete: :math:`-\operatorname{sign}(y)` at every unit whose output beats the target's, 0 elsewhere."""
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        indices = class_indices(outputs, targets, type(self).__name__)
+        beats_target = outputs > outputs.gather(1, indices[:, None])
+        return -beats_target.to(outputs.dtype) * outputs.sign()
+
+
+class MaximizeSingleNeuron:
+    r""":math:`R = \operatorname{sign}(y)(1 - \sigma(y))`: push outputs up; ``targets`` are ignored.
+
+    Args:
+        unit: restrict the reward to this output unit (last dimension); all units when ``None``.
+    """
+
+    direction = 1.0
+
+    def __init__(self, unit: int | None = None) -> None:
+        self.unit = unit
+
+    def __call__(self, outputs: torch.Tensor, targets: Any = None) -> torch.Tensor:
+        reward = self.direction * outputs.sign() * (1.0 - torch.sigmoid(outputs))
+        if self.unit is None:
+            return reward
+        if not -outputs.shape[-1] <= self.unit < outputs.shape[-1]:
+            raise ValueError(f"unit {self.unit} is out of range for outputs with {outputs.shape[-1]} units")
+        mask = torch.zeros_like(outputs)
+        mask[..., self.unit] = 1.0
+        return reward * mask
+
+
+class MinimizeSingleNeuron(MaximizeSingleNeuron):
+    r""":math:`R = -\operatorname{sign}(y)(1 - \sigma(y))`: push outputs down; ``targets`` are ignored."""
+
+    direction = -1.0
+
+
+Scores = torch.Tensor | Sequence[float]
+
+
+class ScoreReward:
+    r"""Turn a per-sample black-box score into a reward at each sample's predicted class.
+
+    ``score_fn(outputs, targets)`` returns one number per sample: a human's yes (+1) or no (-1),
+    a non-differentiable metric, anything. The reward is that score at the unit the model chose
+    (its argmax), times :math:`\operatorname{sign}(y)` so that a positive score strengthens the
+    choice and a negative one weakens it; every other unit gets 0.
+
+    Args:
+        score_fn: ``score_fn(outputs, targets)`` -> scores shaped ``(batch,)`` (tensor, array or list).
+    """
+
+    def __init__(self, score_fn: Callable[[torch.Tensor, Any], Scores]) -> None:
+        if not callable(score_fn):
+            raise TypeError(f"score_fn must be callable, got {type(score_fn).__name__}")
+        self.score_fn = score_fn
+
+    def __call__(self, outputs: torch.Tensor, targets: Any = None) -> torch.Tensor:
+        _check_logits(outputs, type(self).__name__)
+        scores = torch.as_tensor(self.score_fn(outputs, targets), dtype=outputs.dtype, device=outputs.device)
+        if scores.shape != (outputs.shape[0],):
+            raise ValueError(
+                f"score_fn returned shape {tuple(scores.shape)} but must give one score per sample, "
+                f"shape ({outputs.shape[0]},)"
+            )
+        chosen = F.one_hot(outputs.argmax(dim=1), outputs.shape[1]).to(outputs.dtype)
+        return chosen * scores[:, None] * outputs.sign()

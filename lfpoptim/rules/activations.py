@@ -1,0 +1,123 @@
+r"""The identity rule for element-wise activations.
+
+LFP hands an activation's reward to its input unchanged: :math:`R_z = R_a` for
+:math:`a = \varphi(z)`. In the gradient formulation (:math:`g_x = R_x / x`) the activation's
+backward becomes
+
+.. math::
+
+    g_z = \frac{\varphi(z)}{z}\, g_a \quad\text{(unfused)}, \qquad
+    g_z = \frac{\varphi(z)}{\operatorname{stab}(z)}\, g_a \quad\text{(fused)},
+
+where the fused form also applies the epsilon stabiliser of the layer that produced :math:`z`, so
+that layer needs no hook of its own. Nothing here needs :math:`\varphi` to be differentiable: a
+step function trains like a ReLU.
+
+ReLU has a cheaper form computed from its output alone (:math:`\varphi(z)/\operatorname{stab}(z)
+= a / (a + \varepsilon)`), so, like autograd's ReLU, it saves only its output and keeps working
+in place.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .base import FusionCell, TorchFunction, Trace
+from .epsilon import stabilise
+
+
+class _ReLUIdentity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, inplace: bool, cell: FusionCell) -> torch.Tensor:
+        if inplace:
+            ctx.mark_dirty(z)
+            a = z.clamp_min_(0)
+        else:
+            a = z.clamp_min(0)
+        ctx.save_for_backward(a)
+        ctx.cell = cell
+        return a
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (a,) = ctx.saved_tensors
+        cell: FusionCell = ctx.cell
+        if cell.fused:
+            return grad * (a / (a + cell.epsilon)), None, None
+        return grad * (a > 0).to(grad.dtype), None, None
+
+
+class _ActivationIdentity(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, z: torch.Tensor, phi: Callable[[torch.Tensor], torch.Tensor], cell: FusionCell
+    ) -> torch.Tensor:
+        ctx.save_for_backward(z)
+        ctx.phi = phi
+        ctx.cell = cell
+        return phi(z)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (z,) = ctx.saved_tensors
+        cell: FusionCell = ctx.cell
+        a = ctx.phi(z)
+        if cell.fused:
+            denominator = stabilise(z, cell.epsilon)
+        else:
+            denominator = torch.where(z == 0, torch.ones_like(z), z)
+        return grad * a / denominator, None, None
+
+
+@dataclass(frozen=True)
+class IdentityActivationRule:
+    """Identity rule for an element-wise activation called as ``func(z, *args, **kwargs)``.
+
+    Attributes:
+        inplace_position: index of the positional ``inplace`` argument of ``func``, if it has one.
+        out_of_place: for an in-place function (``torch.sigmoid_``), its out-of-place form.
+        name: how :func:`lfpoptim.explain` calls the rule.
+    """
+
+    inplace_position: int | None = None
+    out_of_place: TorchFunction | None = None
+    name: str = "identity"
+
+    def __call__(self, trace: Trace, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        z = args[0]
+        if not (isinstance(z, torch.Tensor) and z.requires_grad):
+            return func(*args, **kwargs)
+        args, kwargs, inplace = self._without_inplace(func, args, kwargs)
+        cell = trace.fuse_activation(z, inplace)
+        if _is_relu(func) and not args[1:] and not kwargs:
+            return _ReLUIdentity.apply(z, inplace, cell)
+        phi = self.out_of_place or func
+        if args[1:] or kwargs:
+            phi = functools.partial(phi, *args[1:], **kwargs)
+        return _ActivationIdentity.apply(z, phi, cell)
+
+    def _without_inplace(
+        self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
+        inplace = self.out_of_place is not None
+        if "inplace" in kwargs:
+            kwargs = dict(kwargs)
+            inplace = inplace or bool(kwargs.pop("inplace"))
+        position = self.inplace_position
+        if position is not None and len(args) > position:
+            inplace = inplace or bool(args[position])
+            args = args[:position] + args[position + 1 :]
+        return args, kwargs, inplace
+
+
+_RELU_NAMES = frozenset({"relu", "relu_"})
+
+
+def _is_relu(func: TorchFunction) -> bool:
+    return getattr(func, "__name__", "") in _RELU_NAMES
+

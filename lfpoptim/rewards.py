@@ -58,7 +58,7 @@ def class_indices(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Ten
     if batch and (int(targets.min()) < 0 or int(targets.max()) >= classes):
         bad = int(targets.max()) if int(targets.max()) >= classes else int(targets.min())
         raise ValueError(f"target class index {bad} is out of range for outputs with {classes} classes")
-    return targets.to(outputs.device)
+    return targets.to(device=outputs.device, dtype=torch.long)
 
 
 def class_targets(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Tensor:

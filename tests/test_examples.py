@@ -1,0 +1,34 @@
+"""The example a new user runs first must keep running."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_digits_smoke_prints_accuracies_and_writes_plot(tmp_path: Path) -> None:
+    plot = tmp_path / "plots" / "digits.png"
+    completed = subprocess.run(
+        [sys.executable, str(EXAMPLES / "train_digits.py"), "--smoke", "--plot", str(plot)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+
+    epoch_line = re.search(r"epoch\s+1\s+test accuracy\s+LFP (\d\.\d+)\s+SGD (\d\.\d+)", completed.stdout)
+    assert epoch_line is not None, completed.stdout
+    mean_line = re.search(
+        r"mean final test accuracy over 1 seed\(s\)\s+LFP (\d\.\d+)\s+SGD (\d\.\d+)", completed.stdout
+    )
+    assert mean_line is not None, completed.stdout
+    lfp_accuracy, sgd_accuracy = (float(value) for value in mean_line.groups())
+    # One epoch from a random start already beats guessing (0.1) by far, for both optimizers.
+    assert lfp_accuracy > 0.5
+    assert sgd_accuracy > 0.5
+
+    assert plot.read_bytes().startswith(PNG_SIGNATURE)

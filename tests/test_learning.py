@@ -1,0 +1,67 @@
+"""Models learn digits under LFP, including one that gradient descent cannot train at all."""
+
+from __future__ import annotations
+
+import torch
+from digits import accuracy, digits
+from torch import nn
+
+from lfpoptim import Heaviside, LFPOptimizer, SoftmaxLossReward
+
+
+def train(model: nn.Module, opt: LFPOptimizer, epochs: int, shape: tuple[int, ...] = (64,), batch: int = 64) -> float:
+    train_x, train_y, test_x, test_y = digits()
+    train_x, test_x = train_x.view(-1, *shape), test_x.view(-1, *shape)
+    for _ in range(epochs):
+        order = torch.randperm(len(train_x))
+        for start in range(0, len(order), batch):
+            index = order[start : start + batch]
+            opt.step(train_x[index], train_y[index])
+    model.eval()
+    return accuracy(model, test_x, test_y)
+
+
+def test_mlp_learns_digits():
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1, momentum=0.9)
+    assert train(model, opt, epochs=5) > 0.93
+
+
+def test_lenet_style_cnn_with_batchnorm_and_dropout_learns_digits():
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.1),
+        nn.Linear(64, 10),
+    )
+    opt = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1, momentum=0.9)
+    assert train(model, opt, epochs=5, shape=(1, 8, 8)) > 0.9
+
+
+def step_net() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 128), Heaviside(), nn.Linear(128, 10))
+
+
+def test_heaviside_net_learns_under_lfp_while_its_gradient_is_zero():
+    train_x, train_y, _, _ = digits()
+    model = step_net()
+    first = model[0].weight.detach().clone()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    nn.functional.cross_entropy(model(train_x[:64]), train_y[:64]).backward()
+    assert model[0].weight.grad is None  # no gradient reaches the layer below the step
+    sgd.step()
+    assert torch.equal(model[0].weight, first)
+
+    model = step_net()
+    # a step unit's reward is divided by its (unbounded) pre-activation: keep the plain batch mean
+    opt = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1, momentum=0.9, feedback_reduction="mean")
+    before = model[0].weight.detach().clone()
+    accuracy_after = train(model, opt, epochs=6)
+    assert not torch.equal(model[0].weight, before)
+    assert accuracy_after > 0.8

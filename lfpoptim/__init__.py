@@ -1,6 +1,7 @@
 """lfpoptim: train neural networks with Layer-wise Feedback Propagation behind a torch.optim API."""
 
 from . import rewards, rules
+from .dropin import DropInLFPOptimizer
 from .engine import LFPPass, lfp_pass
 from .modules import Heaviside, heaviside
 from .optimizer import LFPOptimizer, LFPStepResult
@@ -22,6 +23,7 @@ __all__ = [
     "BinarySigmoidLossReward",
     "BoundedSoftmaxReward",
     "CorrectClassificationReward",
+    "DropInLFPOptimizer",
     "Heaviside",
     "LFPOptimizer",
     "LFPPass",

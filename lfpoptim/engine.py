@@ -163,21 +163,25 @@ class ForwardTrace(TorchFunctionMode):
         return cell
 
     # -- after the forward ----------------------------------------------------------------------
-    def finalize(self, output: torch.Tensor) -> float | None:
+    def finalize(self, output: torch.Tensor, seeded: bool = True) -> float | None:
         """Fuse or hook every tracked output; return ε if ``output`` itself is one of them.
 
-        The model's output is never hooked: the seed of the backward pass divides by its
-        stabiliser already, and doing it twice would shift the result by O(ε).
+        With ``seeded`` (the explicit LFP step) the model's output is not hooked: the seed of the
+        backward pass divides by its stabiliser already, and doing it twice would shift the result
+        by O(ε). Without it (drop-in mode, where a loss's gradient arrives at the output) the
+        output's stabiliser is applied by a hook like any other.
         """
         output_epsilon = None
         for record in self._records:
-            if record.tensor is output:
+            is_output = record.tensor is output
+            if is_output:
                 output_epsilon = record.epsilon
-            elif record.cell is not None and record.consumers == 1:
+            if is_output and seeded:
+                continue
+            if record.cell is not None and record.consumers == 1 and not is_output:
                 record.cell.fused = True
-            elif record.consumers > 0:
-                hook = _StabiliserHook(record.values, record.epsilon, record.output_nr)
-                record.node.register_prehook(hook)
+            elif record.consumers > 0 or is_output:
+                record.node.register_prehook(_StabiliserHook(record.values, record.epsilon, record.output_nr))
         self.clear()
         return output_epsilon
 
@@ -213,21 +217,29 @@ def check_reward(reward: Any, outputs: torch.Tensor) -> torch.Tensor:
             f"reward has shape {tuple(reward.shape)} but outputs have shape {tuple(outputs.shape)}: "
             "the reward must give one value per output unit"
         )
-    finite = torch.isfinite(reward)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
-        raise ValueError(
-            f"reward contains NaN or Inf ({bad} of {reward.numel()} entries); "
-            "check the model's outputs and the targets"
-        )
+    # NaN and Inf reach the sum (overflow aside), so one scalar test covers the common case
+    if not bool(torch.isfinite(reward.sum())):
+        bad = int((~torch.isfinite(reward)).sum())
+        if bad:
+            raise ValueError(
+                f"reward contains NaN or Inf ({bad} of {reward.numel()} entries); "
+                "check the model's outputs and the targets"
+            )
     return reward.to(outputs.dtype)
 
 
-def _seed(outputs: torch.Tensor, reward: torch.Tensor, output_epsilon: float | None) -> torch.Tensor:
-    r""":math:`R / \operatorname{stab}(y)` when the output is an epsilon-rule output, else :math:`R / y`."""
+def _seed(outputs: torch.Tensor, reward: torch.Tensor, output_epsilon: float | None, batch: int) -> torch.Tensor:
+    r""":math:`R / (\operatorname{stab}(y) \cdot b)` if the output is an epsilon-rule output, else :math:`R / (y \cdot b)`.
+
+    ``b`` is the batch size for a mean over the batch, 1 for a sum.
+    """
     if output_epsilon is not None:
-        return reward / stabilise(outputs, output_epsilon)
-    return reward / torch.where(outputs == 0, torch.ones_like(outputs), outputs)
+        denominator = stabilise(outputs, output_epsilon)
+    else:
+        denominator = torch.where(outputs == 0, torch.ones_like(outputs), outputs)
+    if batch != 1:
+        denominator.mul_(batch)
+    return reward / denominator
 
 
 def lfp_pass(
@@ -258,7 +270,8 @@ def lfp_pass(
             ``"normalized"`` is applied later, by :func:`lfpoptim.functional.weight_scale_`).
         with_input_reward: also return the reward that reaches ``inputs`` (a tensor).
     """
-    saved_buffers = [buffer.detach().clone() for buffer in model.buffers()]
+    buffers = list(model.buffers())
+    saved_buffers = [buffer.detach().clone() for buffer in buffers]
     try:
         if with_input_reward:
             inputs = inputs.detach().requires_grad_(True)
@@ -276,14 +289,13 @@ def lfp_pass(
             trace.clear()
         with torch.no_grad():
             reward = check_reward(reward_fn(outputs.detach(), targets), outputs)
-            seed = _seed(outputs.detach(), reward, output_epsilon)
-            if reduction != "sum":
-                seed = seed / outputs.shape[0]
+            batch = 1 if reduction == "sum" else outputs.shape[0]
+            seed = _seed(outputs.detach(), reward, output_epsilon, batch)
         wrt = [*params, inputs] if with_input_reward else list(params)
         grads = list(torch.autograd.grad(outputs, wrt, seed, allow_unused=True, materialize_grads=True))
     except BaseException:
         with torch.no_grad():
-            for buffer, saved in zip(model.buffers(), saved_buffers, strict=True):
+            for buffer, saved in zip(buffers, saved_buffers, strict=True):
                 buffer.copy_(saved)
         raise
     input_reward = None

@@ -9,19 +9,17 @@ optimizer's own, shared rather than copied.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, get_args
 
 import torch
 from torch import nn
 
+from .base_optimizer import BaseOptimizer, WrappedOptimizer, build_base_optimizer
 from .engine import FeedbackReduction, RewardFunction, lfp_pass
 from .functional import weight_scale_
 from .rules import DropoutMode, RuleMap, default_rules
-
-BaseOptimizer = type[torch.optim.Optimizer] | functools.partial | Callable[..., torch.optim.Optimizer] | str
 
 
 @dataclass
@@ -42,24 +40,7 @@ class LFPStepResult:
         return float(self.reward.mean())
 
 
-def _build_base(
-    base: BaseOptimizer, model: nn.Module, params: Iterable[Any] | None, kwargs: dict[str, Any]
-) -> torch.optim.Optimizer:
-    if isinstance(base, str):
-        from timm.optim import create_optimizer_v2
-
-        return create_optimizer_v2(model if params is None else params, opt=base, **kwargs)
-    if not callable(base):
-        raise TypeError(
-            f"base must be an optimizer class, a functools.partial or a timm optimizer name, got {type(base).__name__}"
-        )
-    optimizer = base(model.parameters() if params is None else params, **kwargs)
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"base(...) must build a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    return optimizer
-
-
-class LFPOptimizer(torch.optim.Optimizer):
+class LFPOptimizer(WrappedOptimizer):
     r"""Train ``model`` with Layer-wise Feedback Propagation, stepping any ``torch.optim`` optimizer.
 
     Each :meth:`step` runs the model on a batch with the LFP rules attached, computes the reward,
@@ -125,21 +106,13 @@ class LFPOptimizer(torch.optim.Optimizer):
             raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
         if dropout not in get_args(DropoutMode):
             raise ValueError(f"dropout must be 'reference' or 'conservative', got {dropout!r}")
-        base_optimizer = _build_base(base, model, params, base_kwargs)
-        super().__init__(base_optimizer.param_groups, base_optimizer.defaults)
-        self.base = base_optimizer
-        self._share_base_state()
+        super().__init__(build_base_optimizer(base, model, params, base_kwargs))
         self.model = model
         self.reward_fn = reward_fn
         self.epsilon = epsilon
         self.feedback_reduction: FeedbackReduction = feedback_reduction
         self.clip_norm = clip_norm
         self.rules = default_rules(epsilon, dropout) if rules is None else rules
-
-    def _share_base_state(self) -> None:
-        self.param_groups = self.base.param_groups
-        self.state = self.base.state
-        self.defaults = self.base.defaults
 
     def _trainable(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
@@ -187,22 +160,6 @@ class LFPOptimizer(torch.optim.Optimizer):
                     buffer.copy_(saved)
         weight_scale_(result.grads, params, sign=1.0, normalize=self.feedback_reduction == "normalized")
         return {name: grad for (name, _), grad in zip(named, result.grads, strict=True)}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state dict: a checkpoint loads into either optimizer."""
-        return self.base.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict saved by this optimizer or by a base optimizer of the same kind."""
-        self.base.load_state_dict(state_dict)
-        self._share_base_state()
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group to the base optimizer (and so to this one)."""
-        if "base" not in self.__dict__:  # called by torch.optim.Optimizer.__init__
-            super().add_param_group(param_group)
-            return
-        self.base.add_param_group(param_group)
 
     def __repr__(self) -> str:
         return (

@@ -35,7 +35,7 @@ def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     Moves every entry of ``z`` away from zero by ``epsilon``, keeping its sign (zeros become
     ``+epsilon``).
     """
-    return z + epsilon * (z.sign() + (z == 0).to(z.dtype))
+    return torch.where(z >= 0, z + epsilon, z - epsilon)
 
 
 def stabiliser_ratio(z: torch.Tensor, epsilon: float) -> torch.Tensor:

@@ -1,0 +1,75 @@
+"""A ``torch.optim.Optimizer`` that is a thin face over another one.
+
+Both LFP optimizers compute gradients their own way and leave the update to an ordinary
+optimizer (SGD, AdamW, a timm optimizer). :class:`WrappedOptimizer` makes them *be* that optimizer
+wherever a training loop looks: ``param_groups`` and ``state`` are the base's own objects (so LR
+schedulers and gradient clipping act on the base), and ``state_dict`` is the base's format (so a
+checkpoint loads into either).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+BaseOptimizer = type[torch.optim.Optimizer] | functools.partial | Callable[..., torch.optim.Optimizer] | str
+"""An optimizer class, a ``functools.partial`` of one, or a timm optimizer name such as ``"adamw"``."""
+
+
+def build_base_optimizer(
+    base: BaseOptimizer, model: nn.Module, params: Iterable[Any] | None, kwargs: dict[str, Any]
+) -> torch.optim.Optimizer:
+    """Build the optimizer that applies the update, over ``params`` or all of ``model``'s parameters.
+
+    A string goes through ``timm.optim.create_optimizer_v2`` (with the model, so that timm's
+    weight-decay grouping applies).
+    """
+    if isinstance(base, str):
+        from timm.optim import create_optimizer_v2
+
+        return create_optimizer_v2(model if params is None else params, opt=base, **kwargs)
+    if not callable(base):
+        raise TypeError(
+            f"base must be an optimizer class, a functools.partial or a timm optimizer name, got {type(base).__name__}"
+        )
+    optimizer = base(model.parameters() if params is None else params, **kwargs)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"base(...) must build a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    return optimizer
+
+
+class WrappedOptimizer(torch.optim.Optimizer):
+    """Shares ``param_groups``, ``state`` and ``defaults`` with ``base`` and delegates checkpoints to it.
+
+    Subclasses implement ``step``; they write ``.grad`` and call ``self.base.step()``.
+    """
+
+    def __init__(self, base: torch.optim.Optimizer) -> None:
+        super().__init__(base.param_groups, base.defaults)
+        self.base = base
+        self._share_base_state()
+
+    def _share_base_state(self) -> None:
+        self.param_groups = self.base.param_groups
+        self.state = self.base.state
+        self.defaults = self.base.defaults
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state dict: a checkpoint loads into either optimizer."""
+        return self.base.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict saved by this optimizer or by a base optimizer of the same kind."""
+        self.base.load_state_dict(state_dict)
+        self._share_base_state()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group to the base optimizer (and so to this one)."""
+        if "base" not in self.__dict__:  # called by torch.optim.Optimizer.__init__
+            super().add_param_group(param_group)
+            return
+        self.base.add_param_group(param_group)

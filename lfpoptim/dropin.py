@@ -1,0 +1,209 @@
+r"""Drop-in LFP: an unchanged SGD training loop trains with LFP when only the optimizer line changes.
+
+For the paper's default reward, :class:`~lfpoptim.rewards.SoftmaxLossReward`
+:math:`R = y \odot (t - \operatorname{softmax}(y))`, the gradient that cross-entropy hands to the
+logits is :math:`\partial L / \partial y = \operatorname{softmax}(y) - t = -R / y`: exactly minus
+LFP's seed, up to the logits' stabiliser. So while the LFP rules are attached to the model, the
+user's own ``loss = F.cross_entropy(model(x), t); loss.backward()`` *is* the LFP backward pass
+(the stabiliser of the logits is applied by a hook), and ``theta.grad`` holds
+:math:`-J_\theta^\top n`. :meth:`DropInLFPOptimizer.step` multiplies in :math:`|\theta|` and steps
+the base optimizer. The same identity holds for ``binary_cross_entropy_with_logits`` with
+:class:`~lfpoptim.rewards.SigmoidLossReward` / :class:`~lfpoptim.rewards.BinarySigmoidLossReward`.
+
+The loss's reduction is the batch reduction: ``reduction="mean"`` gives
+``feedback_reduction="mean"`` feedback, ``"sum"`` gives ``"sum"``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any, get_args
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .base_optimizer import BaseOptimizer, WrappedOptimizer, build_base_optimizer
+from .engine import ForwardTrace
+from .functional import weight_scale_
+from .rules import DropoutMode, RuleMap, default_rules
+
+EXACT_LOSSES = "cross_entropy (SoftmaxLossReward) or binary_cross_entropy_with_logits (SigmoidLossReward)"
+
+
+def is_exact_loss_gradient(outputs: torch.Tensor, grad: torch.Tensor) -> bool:
+    r"""Whether ``grad`` at ``outputs`` looks like the gradient of one of the exact losses.
+
+    Softmax cross-entropy (with hard, soft or smoothed targets, any reduction) hands each sample a
+    gradient that sums to zero over the classes. Binary cross-entropy with logits hands
+    :math:`(\sigma(y) - t) / s` with 0/1 targets :math:`t` and a scale :math:`s` of 1 (sum), the batch
+    size or the number of outputs (mean). Soft BCE targets are not recognised.
+    """
+    scale = grad.abs().amax()
+    if not bool(scale > 0):
+        return True
+    if outputs.dim() >= 2 and bool((grad.sum(dim=1).abs() <= 1e-5 * scale * outputs.shape[1]).all()):
+        return True
+    probabilities = torch.sigmoid(outputs)
+    for divisor in {1, outputs.shape[0], outputs.numel()}:
+        targets = probabilities - grad * divisor
+        if bool((torch.minimum(targets.abs(), (targets - 1).abs()) <= 1e-4).all()):
+            return True
+    return False
+
+
+class DropInLFPOptimizer(WrappedOptimizer):
+    r"""LFP for an unchanged training loop: ``zero_grad()``, forward, loss, ``backward()``, ``step()``.
+
+    On construction the LFP rules are attached to ``model``: every forward run with gradients
+    enabled is traced by the LFP engine, so the loss's ``backward()`` computes LFP's
+    :math:`J_\theta^\top n`. :meth:`step` (the plain ``torch.optim`` signature, closure included)
+    turns it into :math:`-F_\theta = -|\theta| \odot J_\theta^\top n` and steps the base optimizer.
+    Forwards under ``torch.no_grad()`` (evaluation) are not traced at all.
+
+    :meth:`close` (or leaving a ``with`` block) detaches the rules and leaves the model exactly
+    as it was.
+
+    Args:
+        model: the network; its forward hooks carry the rules.
+        base: the optimizer that applies the update (class, ``functools.partial`` or timm name).
+        epsilon: ε of the epsilon rule.
+        normalize: divide each parameter tensor's feedback by its mean magnitude, as
+            ``LFPOptimizer``'s default ``feedback_reduction="normalized"`` does, so that SGD's
+            learning rates carry over. The batch reduction is the loss's own.
+        strict: raise instead of warning when the gradient reaching the outputs is not that of
+            cross-entropy or BCE-with-logits.
+        dropout: ``"reference"`` or ``"conservative"`` treatment of train-mode dropout.
+        params: what the base optimizer optimizes; all of the model's parameters when ``None``.
+        rules: a rule map replacing :func:`lfpoptim.rules.default_rules` (advanced).
+        **base_kwargs: passed to ``base``.
+
+    Example:
+        >>> optimizer = DropInLFPOptimizer(model, lr=0.1, momentum=0.9)  # was: torch.optim.SGD(...)
+        >>> for x, t in loader:
+        ...     optimizer.zero_grad()
+        ...     F.cross_entropy(model(x), t).backward()
+        ...     optimizer.step()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        base: BaseOptimizer = torch.optim.SGD,
+        *,
+        epsilon: float = 1e-6,
+        normalize: bool = True,
+        strict: bool = False,
+        dropout: DropoutMode = "reference",
+        params: Iterable[Any] | None = None,
+        rules: RuleMap | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if dropout not in get_args(DropoutMode):
+            raise ValueError(f"dropout must be 'reference' or 'conservative', got {dropout!r}")
+        super().__init__(build_base_optimizer(base, model, params, base_kwargs))
+        self.model = model
+        self.epsilon = epsilon
+        self.normalize = normalize
+        self.strict = strict
+        self.rules = default_rules(epsilon, dropout) if rules is None else rules
+        self._trace: ForwardTrace | None = None
+        self._warned = False
+        self._handles: list[RemovableHandle] = []
+        self.attach()
+
+    # -- attaching the rules to the model ----------------------------------------------------------
+    @property
+    def attached(self) -> bool:
+        """Whether the rules are attached to the model."""
+        return bool(self._handles)
+
+    def attach(self) -> None:
+        """Attach the LFP rules to the model (done on construction; again after :meth:`close`)."""
+        if self.attached:
+            return
+        self._handles = [
+            self.model.register_forward_pre_hook(self._enter),
+            self.model.register_forward_hook(self._leave, always_call=True),
+        ]
+
+    def close(self) -> None:
+        """Detach the rules: the model is exactly as it was before this optimizer was built."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self._trace is not None:
+            self._trace.__exit__(None, None, None)
+            self._trace = None
+
+    detach = close
+
+    def __enter__(self) -> DropInLFPOptimizer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _enter(self, module: nn.Module, args: Any) -> None:
+        if not torch.is_grad_enabled() or self._trace is not None:
+            return
+        self._trace = ForwardTrace(self.rules)
+        self._trace.__enter__()
+
+    def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
+        trace, self._trace = self._trace, None
+        if trace is None:
+            return
+        trace.__exit__(None, None, None)
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            trace.finalize(output, seeded=False)
+            output.register_hook(self._check_loss_gradient(output.detach()))
+        trace.clear()
+
+    def _check_loss_gradient(self, outputs: torch.Tensor) -> Callable[[torch.Tensor], None]:
+        def check(grad: torch.Tensor) -> None:
+            if self._warned and not self.strict:
+                return
+            if is_exact_loss_gradient(outputs, grad):
+                return
+            message = (
+                f"the gradient reaching the model's outputs is not that of {EXACT_LOSSES}: "
+                "DropInLFPOptimizer uses this loss's gradient as the reward's seed at the outputs "
+                "(reward = -outputs * grad) and the LFP rules below them; use LFPOptimizer with a reward "
+                "for exact LFP"
+            )
+            if self.strict:
+                raise ValueError(message)
+            self._warned = True
+            warnings.warn(message, stacklevel=2)
+
+        return check
+
+    # -- the torch.optim face ------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        r"""Turn the gradients of the last ``backward()`` into :math:`-F_\theta` and step the base optimizer.
+
+        Args:
+            closure: re-evaluates the model and returns the loss, as for any ``torch.optim`` optimizer.
+
+        Returns:
+            the closure's loss, or ``None``.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with_grad = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        weight_scale_([p.grad for p in with_grad], with_grad, sign=1.0, normalize=self.normalize)
+        self.base.step()
+        return loss
+
+    def __repr__(self) -> str:
+        return (
+            f"DropInLFPOptimizer(base={type(self.base).__name__}, epsilon={self.epsilon}, "
+            f"normalize={self.normalize}, attached={self.attached})\n{self.base!r}"
+        )

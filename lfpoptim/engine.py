@@ -97,6 +97,7 @@ class ForwardTrace(TorchFunctionMode):
         self.rules = rules
         self._by_id: dict[int, _Stabilised] = {}
         self._records: list[_Stabilised] = []
+        self._last_activation: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __torch_function__(
         self,
@@ -162,42 +163,55 @@ class ForwardTrace(TorchFunctionMode):
             record.cell = cell
         return cell
 
-    # -- after the forward ----------------------------------------------------------------------
-    def finalize(self, output: torch.Tensor, seeded: bool = True) -> float | None:
-        """Fuse or hook every tracked output; return ε if ``output`` itself is one of them.
+    def record_activation(self, output: torch.Tensor, z: torch.Tensor) -> None:
+        self._last_activation = (output, z)
 
-        With ``seeded`` (the explicit LFP step) the model's output is not hooked: the seed of the
-        backward pass divides by its stabiliser already, and doing it twice would shift the result
-        by O(ε). Without it (drop-in mode, where a loss's gradient arrives at the output) the
+    # -- after the forward ----------------------------------------------------------------------
+    def finalize(self, output: torch.Tensor, seeded: bool = True) -> tuple[torch.Tensor, float | None]:
+        """Fuse or hook every tracked tensor; return where the backward pass starts, and its ε.
+
+        With ``seeded`` (the explicit LFP step) the backward pass starts at the model's output,
+        or, when the output is an activation's, at that activation's input: the identity rule
+        hands it the output's reward unchanged, also where the activation is 0 (a silent ReLU
+        or step unit), which a seed divided by the output could not carry. That start is not
+        hooked: the seed divides by its stabiliser already, and doing it twice would shift the
+        result by O(ε). The returned ε is ``None`` when the start is no epsilon-rule output.
+
+        Without ``seeded`` (drop-in mode, where a loss's gradient arrives at the output) the
         output's stabiliser is applied by a hook like any other.
         """
-        output_epsilon = None
+        start = output
+        if seeded and self._last_activation is not None and self._last_activation[0] is output:
+            start = self._last_activation[1]
+        start_epsilon = None
         for record in self._records:
-            is_output = record.tensor is output
-            if is_output:
-                output_epsilon = record.epsilon
-            if is_output and seeded:
-                continue
-            if record.cell is not None and record.consumers == 1 and not is_output:
+            is_start = record.tensor is start
+            if is_start:
+                start_epsilon = record.epsilon
+                if seeded:
+                    continue
+            if record.cell is not None and record.consumers == 1 and not is_start:
                 record.cell.fused = True
-            elif record.consumers > 0 or is_output:
+            elif record.consumers > 0 or is_start:
                 record.node.register_prehook(_StabiliserHook(record.values, record.epsilon, record.output_nr))
         self.clear()
-        return output_epsilon
+        return start, start_epsilon
 
     def clear(self) -> None:
+        """Forget every tracked tensor."""
         self._by_id.clear()
         self._records.clear()
+        self._last_activation = None
 
 
 @dataclass
 class LFPPass:
-    """What one LFP pass computed.
+    r"""What one LFP pass computed.
 
     Attributes:
         outputs: the model's outputs, detached.
         reward: the reward at the outputs (shaped like them).
-        grads: :math:`J_\\theta^\\top n` per parameter, in the order asked for; the feedback is
+        grads: :math:`J_\theta^\top n` per parameter, in the order asked for; the feedback is
             ``params[i].abs() * grads[i]``. Zeros where no reward reached a parameter.
         input_reward: the reward that arrived at the inputs, when asked for.
     """
@@ -228,15 +242,16 @@ def check_reward(reward: Any, outputs: torch.Tensor) -> torch.Tensor:
     return reward.to(outputs.dtype)
 
 
-def _seed(outputs: torch.Tensor, reward: torch.Tensor, output_epsilon: float | None, batch: int) -> torch.Tensor:
-    r""":math:`R / (\operatorname{stab}(y) \cdot b)` if the output is an epsilon-rule output, else :math:`R / (y \cdot b)`.
+def _seed(start: torch.Tensor, reward: torch.Tensor, start_epsilon: float | None, batch: int) -> torch.Tensor:
+    r"""The gradient that starts the backward pass: :math:`R / (\operatorname{stab}(y) \cdot b)`.
 
-    ``b`` is the batch size for a mean over the batch, 1 for a sum.
+    :math:`R / (y \cdot b)` if the output is not an epsilon-rule output. ``b`` is the batch size for
+    a mean over the batch, 1 for a sum.
     """
-    if output_epsilon is not None:
-        denominator = stabilise(outputs, output_epsilon)
+    if start_epsilon is not None:
+        denominator = stabilise(start, start_epsilon)
     else:
-        denominator = torch.where(outputs == 0, torch.ones_like(outputs), outputs)
+        denominator = torch.where(start == 0, torch.ones_like(start), start)
     if batch != 1:
         denominator.mul_(batch)
     return reward / denominator
@@ -248,6 +263,7 @@ def lfp_pass(
     targets: Any,
     reward_fn: RewardFunction,
     params: Sequence[torch.Tensor],
+    *,
     rules: RuleMap,
     reduction: FeedbackReduction = "mean",
     with_input_reward: bool = False,
@@ -284,15 +300,15 @@ def lfp_pass(
                     f"the model returned {type(outputs).__name__}; LFP needs a single output tensor "
                     "(wrap the model so that it returns the tensor the reward is computed on)"
                 )
-            output_epsilon = trace.finalize(outputs)
+            start, start_epsilon = trace.finalize(outputs)
         finally:
             trace.clear()
         with torch.no_grad():
             reward = check_reward(reward_fn(outputs.detach(), targets), outputs)
             batch = 1 if reduction == "sum" else outputs.shape[0]
-            seed = _seed(outputs.detach(), reward, output_epsilon, batch)
+            seed = _seed(start.detach(), reward, start_epsilon, batch)
         wrt = [*params, inputs] if with_input_reward else list(params)
-        grads = list(torch.autograd.grad(outputs, wrt, seed, allow_unused=True, materialize_grads=True))
+        grads = list(torch.autograd.grad(start, wrt, seed, allow_unused=True, materialize_grads=True))
     except BaseException:
         with torch.no_grad():
             for buffer, saved in zip(buffers, saved_buffers, strict=True):

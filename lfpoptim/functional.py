@@ -22,9 +22,7 @@ TINY = 1e-12
 
 
 def _is_chunked(grad: torch.Tensor, param: torch.Tensor) -> bool:
-    return (
-        param.device.type == "cpu" and param.numel() > CHUNK and grad.is_contiguous() and param.is_contiguous()
-    )
+    return param.device.type == "cpu" and param.numel() > CHUNK and grad.is_contiguous() and param.is_contiguous()
 
 
 @torch.no_grad()

@@ -97,7 +97,9 @@ class LFPOptimizer(WrappedOptimizer):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(reward_fn):
-            raise TypeError(f"reward_fn must be callable as reward_fn(outputs, targets), got {type(reward_fn).__name__}")
+            raise TypeError(
+                f"reward_fn must be callable as reward_fn(outputs, targets), got {type(reward_fn).__name__}"
+            )
         if feedback_reduction not in get_args(FeedbackReduction):
             raise ValueError(
                 f"feedback_reduction must be one of {get_args(FeedbackReduction)}, got {feedback_reduction!r}"
@@ -131,7 +133,9 @@ class LFPOptimizer(WrappedOptimizer):
         parameters, their ``.grad`` and the optimizer state are left as they were.
         """
         params = self._trainable()
-        result = lfp_pass(self.model, inputs, targets, self.reward_fn, params, self.rules, self.feedback_reduction)
+        result = lfp_pass(
+            self.model, inputs, targets, self.reward_fn, params, rules=self.rules, reduction=self.feedback_reduction
+        )
         weight_scale_(result.grads, params, sign=-1.0, normalize=self.feedback_reduction == "normalized")
         for param, grad in zip(params, result.grads, strict=True):
             param.grad = grad
@@ -152,7 +156,7 @@ class LFPOptimizer(WrappedOptimizer):
         buffers = [buffer.detach().clone() for buffer in self.model.buffers()]
         try:
             result = lfp_pass(
-                self.model, inputs, targets, self.reward_fn, params, self.rules, self.feedback_reduction
+                self.model, inputs, targets, self.reward_fn, params, rules=self.rules, reduction=self.feedback_reduction
             )
         finally:
             with torch.no_grad():

@@ -111,8 +111,7 @@ class BinarySigmoidLossReward:
 
 
 class BoundedSoftmaxReward:
-    r"""Softmax reward whose probabilities are clipped: above ``upper_bound`` they count as 1, below
-    ``lower_bound`` as 0.
+    r"""Softmax reward whose probabilities are clipped to 0 below ``lower_bound`` and 1 above ``upper_bound``.
 
     :math:`R = y \odot (t - \tilde p)`, or :math:`\operatorname{sign}(y) \odot (t - \tilde p)` with
     ``logit_sign_only=True``.
@@ -141,8 +140,10 @@ def _is_correct(outputs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 
 
 class CorrectClassificationReward:
-    r"""Discrete: :math:`\operatorname{sign}(y)` at the target unit of each correctly classified
-    sample, 0 elsewhere. Not differentiable, and LFP does not need it to be."""
+    r"""Discrete: :math:`\operatorname{sign}(y)` at the target unit of each correctly classified sample.
+
+    0 elsewhere. Not differentiable, and LFP does not need it to be.
+    """
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         indices = class_indices(outputs, targets, type(self).__name__)

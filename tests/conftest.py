@@ -9,4 +9,3 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)
-    yield

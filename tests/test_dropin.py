@@ -145,10 +145,12 @@ def test_close_restores_the_model_exactly():
     F.cross_entropy(model(x), t).backward()
     plain = [p.grad.clone() for p in model.parameters()]
     opt = DropInLFPOptimizer(model, lr=0.1)
-    assert opt.attached and len(model._forward_hooks) == 1
+    assert opt.attached
+    assert len(model._forward_hooks) == 1
     opt.close()
     assert not opt.attached
-    assert not model._forward_hooks and not model._forward_pre_hooks
+    assert not model._forward_hooks
+    assert not model._forward_pre_hooks
     model.zero_grad()
     F.cross_entropy(model(x), t).backward()
     for p, expected in zip(model.parameters(), plain, strict=True):
@@ -191,7 +193,8 @@ def test_closure_checkpoint_and_scheduler_work_as_with_sgd():
 
     loss = opt.step(closure)
     scheduler.step()
-    assert isinstance(loss, torch.Tensor) and opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert isinstance(loss, torch.Tensor)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)
     buffer.seek(0)

@@ -116,7 +116,8 @@ def test_state_dict_is_the_base_format_both_ways():
     opt2 = LFPOptimizer(model, SoftmaxLossReward(), lr=0.3, momentum=0.9)
     opt2.load_state_dict(sgd.state_dict())
     assert opt2.param_groups[0]["lr"] == 0.1
-    assert opt2.state is opt2.base.state and opt2.param_groups is opt2.base.param_groups
+    assert opt2.state is opt2.base.state
+    assert opt2.param_groups is opt2.base.param_groups
     momentum = opt2.state[next(iter(model.parameters()))]["momentum_buffer"]
     assert momentum.abs().sum() > 0
 
@@ -222,7 +223,7 @@ def test_bad_settings_are_rejected_with_a_clear_message(kwargs, error, message):
 
 
 def test_model_and_reward_are_checked():
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         LFPOptimizer(lambda x: x, SoftmaxLossReward(), lr=0.1)
     with pytest.raises(TypeError, match="reward_fn must be callable"):
         LFPOptimizer(make_mlp(), "softmax", lr=0.1)

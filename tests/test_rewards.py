@@ -57,7 +57,8 @@ def test_single_neuron_rewards():
     torch.testing.assert_close(up, outputs.sign() * (1 - torch.sigmoid(outputs)))
     torch.testing.assert_close(rewards.MinimizeSingleNeuron()(outputs), -up)
     only_second = rewards.MaximizeSingleNeuron(unit=1)(outputs)
-    assert only_second[0, 0] == 0 and only_second[0, 1] == up[0, 1]
+    assert only_second[0, 0] == 0
+    assert only_second[0, 1] == up[0, 1]
     with pytest.raises(ValueError, match="unit 5 is out of range for outputs with 2 units"):
         rewards.MaximizeSingleNeuron(unit=5)(outputs)
 

@@ -187,7 +187,9 @@ def test_a_successful_step_leaves_no_hook_and_no_attribute(trained):
     before = snapshot(model, opt)
     opt.step(*make_batch())
     after = snapshot(model, opt)
-    assert after["hooks"] == 0 and after["modes"] == 0 and after["inplace"] == before["inplace"]
+    assert after["hooks"] == 0
+    assert after["modes"] == 0
+    assert after["inplace"] == before["inplace"]
     assert after["modules"] == before["modules"]
     assert all(not hasattr(p, "feedback") for p in model.parameters())
 

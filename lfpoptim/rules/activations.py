@@ -20,7 +20,6 @@ in place.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -67,10 +66,7 @@ class _ActivationIdentity(torch.autograd.Function):
         (z,) = ctx.saved_tensors
         cell: FusionCell = ctx.cell
         a = ctx.phi(z)
-        if cell.fused:
-            denominator = stabilise(z, cell.epsilon)
-        else:
-            denominator = torch.where(z == 0, torch.ones_like(z), z)
+        denominator = stabilise(z, cell.epsilon) if cell.fused else torch.where(z == 0, torch.ones_like(z), z)
         return grad * a / denominator, None, None
 
 
@@ -95,11 +91,14 @@ class IdentityActivationRule:
         args, kwargs, inplace = self._without_inplace(func, args, kwargs)
         cell = trace.fuse_activation(z, inplace)
         if _is_relu(func) and not args[1:] and not kwargs:
-            return _ReLUIdentity.apply(z, inplace, cell)
-        phi = self.out_of_place or func
-        if args[1:] or kwargs:
-            phi = functools.partial(phi, *args[1:], **kwargs)
-        return _ActivationIdentity.apply(z, phi, cell)
+            output = _ReLUIdentity.apply(z, inplace, cell)
+        else:
+            phi = self.out_of_place or func
+            if args[1:] or kwargs:
+                phi = _WithArguments(phi, args[1:], kwargs)
+            output = _ActivationIdentity.apply(z, phi, cell)
+        trace.record_activation(output, z)
+        return output
 
     def _without_inplace(
         self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -115,9 +114,20 @@ class IdentityActivationRule:
         return args, kwargs, inplace
 
 
+class _WithArguments:
+    """``phi(z, *args, **kwargs)`` as a function of ``z`` alone (``F.softplus(z, beta, threshold)``)."""
+
+    __slots__ = ("args", "func", "kwargs")
+
+    def __init__(self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.func, self.args, self.kwargs = func, args, kwargs
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.func(z, *self.args, **self.kwargs)
+
+
 _RELU_NAMES = frozenset({"relu", "relu_"})
 
 
 def _is_relu(func: TorchFunction) -> bool:
     return getattr(func, "__name__", "") in _RELU_NAMES
-

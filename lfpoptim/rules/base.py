@@ -46,6 +46,9 @@ class Trace(Protocol):
     def fuse_activation(self, z: torch.Tensor, inplace: bool) -> FusionCell:
         """Record that an activation reads ``z``; return the cell that says if it is fused."""
 
+    def record_activation(self, output: torch.Tensor, z: torch.Tensor) -> None:
+        """Record that ``output`` is an activation of ``z`` (the identity rule hands ``z`` its reward)."""
+
 
 class Rule(Protocol):
     """An LFP rule for one or more torch functions."""

@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
-
 from .base import TorchFunction, Trace, is_inplace_call
 
 DropoutMode = Literal["reference", "conservative"]

@@ -64,9 +64,9 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, epochs: int, steps
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--smoke", action="store_true", help="one epoch of three steps")
+    parser.add_argument("--smoke", action="store_true", help="one epoch of eight steps")
     args = parser.parse_args()
-    epochs, steps = (1, 3) if args.smoke else (args.epochs, None)
+    epochs, steps = (1, 8) if args.smoke else (args.epochs, None)
 
     model = make_model(seed=0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

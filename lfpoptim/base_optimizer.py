@@ -1,7 +1,7 @@
 """A ``torch.optim.Optimizer`` that is a thin face over another one.
 
 Both LFP optimizers compute gradients their own way and leave the update to an ordinary
-optimizer (SGD, AdamW, a timm optimizer). :class:`WrappedOptimizer` makes them *be* that optimizer
+optimizer (SGD, AdamW, a timm optimizer). `WrappedOptimizer` makes them *be* that optimizer
 wherever a training loop looks: ``param_groups`` and ``state`` are the base's own objects (so LR
 schedulers and gradient clipping act on the base), and ``state_dict`` is the base's format (so a
 checkpoint loads into either).

@@ -1,14 +1,14 @@
 r"""Drop-in LFP: an unchanged SGD training loop trains with LFP when only the optimizer line changes.
 
-For the paper's default reward, :class:`~lfpoptim.rewards.SoftmaxLossReward`
-:math:`R = y \odot (t - \operatorname{softmax}(y))`, the gradient that cross-entropy hands to the
-logits is :math:`\partial L / \partial y = \operatorname{softmax}(y) - t = -R / y`: exactly minus
+For the paper's default reward, `lfpoptim.rewards.SoftmaxLossReward`
+\(R = y \odot (t - \operatorname{softmax}(y))\), the gradient that cross-entropy hands to the
+logits is \(\partial L / \partial y = \operatorname{softmax}(y) - t = -R / y\): exactly minus
 LFP's seed, up to the logits' stabiliser. So while the LFP rules are attached to the model, the
 user's own ``loss = F.cross_entropy(model(x), t); loss.backward()`` *is* the LFP backward pass
 (the stabiliser of the logits is applied by a hook), and ``theta.grad`` holds
-:math:`-J_\theta^\top n`. :meth:`DropInLFPOptimizer.step` multiplies in :math:`|\theta|` and steps
+\(-J_\theta^\top n\). `DropInLFPOptimizer.step` multiplies in \(|\theta|\) and steps
 the base optimizer. The same identity holds for ``binary_cross_entropy_with_logits`` with
-:class:`~lfpoptim.rewards.SigmoidLossReward` / :class:`~lfpoptim.rewards.BinarySigmoidLossReward`.
+`lfpoptim.rewards.SigmoidLossReward` / `lfpoptim.rewards.BinarySigmoidLossReward`.
 
 The loss's reduction is the batch reduction: ``reduction="mean"`` gives
 ``feedback_reduction="mean"`` feedback, ``"sum"`` gives ``"sum"``.
@@ -37,7 +37,7 @@ def is_exact_loss_gradient(outputs: torch.Tensor, grad: torch.Tensor) -> bool:
 
     Softmax cross-entropy (with hard, soft or smoothed targets, any reduction) hands each sample a
     gradient that sums to zero over the classes. Binary cross-entropy with logits hands
-    :math:`(\sigma(y) - t) / s` with 0/1 targets :math:`t` and a scale :math:`s` of 1 (sum), the batch
+    \((\sigma(y) - t) / s\) with 0/1 targets \(t\) and a scale \(s\) of 1 (sum), the batch
     size or the number of outputs (mean). Soft BCE targets are not recognised.
     """
     scale = grad.abs().amax()
@@ -58,11 +58,11 @@ class DropInLFPOptimizer(WrappedOptimizer):
 
     On construction the LFP rules are attached to ``model``: every forward run with gradients
     enabled is traced by the LFP engine, so the loss's ``backward()`` computes LFP's
-    :math:`J_\theta^\top n`. :meth:`step` (the plain ``torch.optim`` signature, closure included)
-    turns it into :math:`-F_\theta = -|\theta| \odot J_\theta^\top n` and steps the base optimizer.
+    \(J_\theta^\top n\). `step` (the plain ``torch.optim`` signature, closure included)
+    turns it into \(-F_\theta = -|\theta| \odot J_\theta^\top n\) and steps the base optimizer.
     Forwards under ``torch.no_grad()`` (evaluation) are not traced at all.
 
-    :meth:`close` (or leaving a ``with`` block) detaches the rules and leaves the model exactly
+    `close` (or leaving a ``with`` block) detaches the rules and leaves the model exactly
     as it was.
 
     Args:
@@ -76,7 +76,7 @@ class DropInLFPOptimizer(WrappedOptimizer):
             cross-entropy or BCE-with-logits.
         dropout: ``"reference"`` or ``"conservative"`` treatment of train-mode dropout.
         params: what the base optimizer optimizes; all of the model's parameters when ``None``.
-        rules: a rule map replacing :func:`lfpoptim.rules.default_rules` (advanced).
+        rules: a rule map replacing `lfpoptim.rules.default_rules` (advanced).
         **base_kwargs: passed to ``base``.
 
     Example:
@@ -122,7 +122,7 @@ class DropInLFPOptimizer(WrappedOptimizer):
         return bool(self._handles)
 
     def attach(self) -> None:
-        """Attach the LFP rules to the model (done on construction; again after :meth:`close`)."""
+        """Attach the LFP rules to the model (done on construction; again after `close`)."""
         if self.attached:
             return
         self._handles = [
@@ -185,7 +185,7 @@ class DropInLFPOptimizer(WrappedOptimizer):
     # -- the torch.optim face ------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        r"""Turn the gradients of the last ``backward()`` into :math:`-F_\theta` and step the base optimizer.
+        r"""Turn the gradients of the last ``backward()`` into \(-F_\theta\) and step the base optimizer.
 
         Args:
             closure: re-evaluates the model and returns the loss, as for any ``torch.optim`` optimizer.

@@ -1,17 +1,17 @@
 r"""One LFP pass: forward under the rules, reward, one backward pass, raw feedback.
 
-The engine runs LFP in its *gradient formulation*. Writing :math:`g_x = R_x / x` for the reward
+The engine runs LFP in its *gradient formulation*. Writing \(g_x = R_x / x\) for the reward
 that reaches a tensor, epsilon-LFP is ordinary backpropagation of
 
-.. math::
+\[
+g_{\text{out}} = \frac{R_{\text{out}}}{\operatorname{stab}(y_{\text{out}})}
+\]
 
-    g_{\text{out}} = \frac{R_{\text{out}}}{\operatorname{stab}(y_{\text{out}})}
+once every rule has shaped its operation's backward (`lfpoptim.rules`). Afterwards
+``theta.grad`` holds \(J_\theta^\top n\) summed over every use of \(\theta\), and the
+feedback is \(F_\theta = |\theta| \odot J_\theta^\top n\).
 
-once every rule has shaped its operation's backward (:mod:`lfpoptim.rules`). Afterwards
-``theta.grad`` holds :math:`J_\theta^\top n` summed over every use of :math:`\theta`, and the
-feedback is :math:`F_\theta = |\theta| \odot J_\theta^\top n`.
-
-The rules are attached by a :class:`~torch.overrides.TorchFunctionMode` that sees every torch
+The rules are attached by a `torch.overrides.TorchFunctionMode` that sees every torch
 function the forward calls. Nothing is registered on the model: no module is swapped, no module
 hook is left, no ``inplace`` flag is touched, and the only state the forward changes (buffers such
 as BatchNorm's running statistics) is restored if anything fails before the feedback is returned.
@@ -47,7 +47,7 @@ class _Stabilised:
 
 
 class _StabiliserHook:
-    r"""Autograd node pre-hook: multiplies the gradient arriving at z by :math:`|z| / (|z| + \varepsilon)`.
+    r"""Autograd node pre-hook: multiplies the gradient arriving at z by \(|z| / (|z| + \varepsilon)\).
 
     It holds z's values detached from the graph, so no reference cycle through the graph forms.
     """
@@ -87,7 +87,7 @@ def _requires_grad(output: Any) -> bool:
 class ForwardTrace(TorchFunctionMode):
     """Attaches LFP rules to every torch function called during one forward.
 
-    Epsilon-rule outputs are tracked until the forward ends; :meth:`finalize` then decides for
+    Epsilon-rule outputs are tracked until the forward ends; `finalize` then decides for
     each one whether the single activation reading it applies its stabiliser (fused) or a hook on
     its autograd node does. Use it as a context manager around exactly one forward.
     """
@@ -211,7 +211,7 @@ class LFPPass:
     Attributes:
         outputs: the model's outputs, detached.
         reward: the reward at the outputs (shaped like them).
-        grads: :math:`J_\theta^\top n` per parameter, in the order asked for; the feedback is
+        grads: \(J_\theta^\top n\) per parameter, in the order asked for; the feedback is
             ``params[i].abs() * grads[i]``. Zeros where no reward reached a parameter.
         input_reward: the reward that arrived at the inputs, when asked for.
     """
@@ -243,9 +243,9 @@ def check_reward(reward: Any, outputs: torch.Tensor) -> torch.Tensor:
 
 
 def _seed(start: torch.Tensor, reward: torch.Tensor, start_epsilon: float | None, batch: int) -> torch.Tensor:
-    r"""The gradient that starts the backward pass: :math:`R / (\operatorname{stab}(y) \cdot b)`.
+    r"""The gradient that starts the backward pass: \(R / (\operatorname{stab}(y) \cdot b)\).
 
-    :math:`R / (y \cdot b)` if the output is not an epsilon-rule output. ``b`` is the batch size for
+    \(R / (y \cdot b)\) if the output is not an epsilon-rule output. ``b`` is the batch size for
     a mean over the batch, 1 for a sum.
     """
     if start_epsilon is not None:
@@ -283,7 +283,7 @@ def lfp_pass(
         rules: which rule each torch function gets.
         reduction: ``"sum"`` sums feedback over the batch (as the reference does); ``"mean"``
             and ``"normalized"`` divide it by the batch size (the per-tensor normalisation of
-            ``"normalized"`` is applied later, by :func:`lfpoptim.functional.weight_scale_`).
+            ``"normalized"`` is applied later, by `lfpoptim.functional.weight_scale_`).
         with_input_reward: also return the reward that reaches ``inputs`` (a tensor).
     """
     buffers = list(model.buffers())

@@ -1,7 +1,7 @@
 r"""The arithmetic of an LFP update, apart from any class.
 
-Feedback is :math:`F_\theta = |\theta| \odot J_\theta^\top n` and the optimizer ascends it, so
-``theta.grad`` becomes :math:`-F_\theta`. :func:`weight_scale_` writes that into the tensors
+Feedback is \(F_\theta = |\theta| \odot J_\theta^\top n\) and the optimizer ascends it, so
+``theta.grad`` becomes \(-F_\theta\). `weight_scale_` writes that into the tensors
 autograd returned, in place. Small tensors go through torch's ``_foreach`` kernels (one call for
 all of them); large CPU tensors go through one small reused buffer, chunk by chunk, because
 allocating a temporary of each large parameter's size costs more than the arithmetic (on a
@@ -32,13 +32,13 @@ def weight_scale_(
     r"""``grads[i] <- sign * |params[i]| * grads[i]``, in place, for every ``i``.
 
     Args:
-        grads: tensors holding :math:`J_\theta^\top n`, overwritten with the scaled values.
+        grads: tensors holding \(J_\theta^\top n\), overwritten with the scaled values.
         params: the parameters, same shapes as ``grads``.
         sign: ``-1`` turns feedback into a gradient for a minimising optimizer, ``+1`` gives the
             feedback itself.
         normalize: also divide each tensor by its parameter's mean magnitude
-            :math:`\overline{|\theta|}`, so that the update has the scale of a gradient step and
-            :math:`|\theta|` only decides how it is shared within the tensor.
+            \(\overline{|\theta|}\), so that the update has the scale of a gradient step and
+            \(|\theta|\) only decides how it is shared within the tensor.
     """
     params = [param.detach() for param in params]
     chunked = [_is_chunked(grad, param) for grad, param in zip(grads, params, strict=True)]

@@ -8,7 +8,7 @@ from torch.overrides import handle_torch_function, has_torch_function_unary
 
 
 def heaviside(x: torch.Tensor) -> torch.Tensor:
-    r"""The unit step :math:`H(x) = [x > 0]`, with a zero gradient everywhere.
+    r"""The unit step \(H(x) = [x > 0]\), with a zero gradient everywhere.
 
     Autograd sees a constant, so gradient descent cannot train through it. Under LFP the
     activation's identity rule carries reward through it unchanged. The function takes part in
@@ -20,7 +20,7 @@ def heaviside(x: torch.Tensor) -> torch.Tensor:
 
 
 class Heaviside(nn.Module):
-    """Module form of :func:`heaviside`: a spiking-style step activation."""
+    """Module form of `heaviside`: a spiking-style step activation."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return heaviside(x)

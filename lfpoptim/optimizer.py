@@ -1,8 +1,8 @@
 """``LFPOptimizer``: Layer-wise Feedback Propagation behind the ``torch.optim`` interface.
 
-The class is thin. :meth:`LFPOptimizer.step` asks the engine for one LFP pass
-(:func:`lfpoptim.engine.lfp_pass`), turns the result into gradients with
-:func:`lfpoptim.functional.weight_scale_` and lets the base optimizer step. Everything a scheduler,
+The class is thin. `LFPOptimizer.step` asks the engine for one LFP pass
+(`lfpoptim.engine.lfp_pass`), turns the result into gradients with
+`lfpoptim.functional.weight_scale_` and lets the base optimizer step. Everything a scheduler,
 a checkpoint or a training loop reads (``param_groups``, ``state``, ``state_dict``) is the base
 optimizer's own, shared rather than copied.
 """
@@ -24,7 +24,7 @@ from .rules import DropoutMode, RuleMap, default_rules
 
 @dataclass
 class LFPStepResult:
-    """What :meth:`LFPOptimizer.step` returns, so a loop can log without a second forward.
+    """What `LFPOptimizer.step` returns, so a loop can log without a second forward.
 
     Attributes:
         outputs: the model's outputs for the batch (detached).
@@ -43,24 +43,24 @@ class LFPStepResult:
 class LFPOptimizer(WrappedOptimizer):
     r"""Train ``model`` with Layer-wise Feedback Propagation, stepping any ``torch.optim`` optimizer.
 
-    Each :meth:`step` runs the model on a batch with the LFP rules attached, computes the reward,
+    Each `step` runs the model on a batch with the LFP rules attached, computes the reward,
     propagates it backwards in a single backward pass, sets
-    :math:`\theta.\mathrm{grad} = -F_\theta` for every trainable parameter and steps the base
+    \(\theta.\mathrm{grad} = -F_\theta\) for every trainable parameter and steps the base
     optimizer.
 
     Args:
         model: the network to train.
         reward_fn: ``reward_fn(outputs, targets)`` returns a reward shaped like ``outputs``; see
-            :mod:`lfpoptim.rewards`.
+            `lfpoptim.rewards`.
         base: the optimizer that applies the update: a ``torch.optim.Optimizer`` class, a
             ``functools.partial`` of one, or a timm optimizer name (``"adamw"``, ``"lamb"``, ...)
             built by ``timm.optim.create_optimizer_v2``.
         epsilon: ε of the epsilon rule.
         feedback_reduction: how feedback is scaled before the step.
             ``"normalized"`` (default) averages it over the batch and divides each parameter
-            tensor's feedback by that tensor's mean magnitude :math:`\overline{|\theta|}`: the
+            tensor's feedback by that tensor's mean magnitude \(\overline{|\theta|}\): the
             update then has the scale of an SGD step whatever the batch size and the weights'
-            scale, so SGD's learning rates carry over, while :math:`|\theta|` still decides how
+            scale, so SGD's learning rates carry over, while \(|\theta|\) still decides how
             the update is shared within the tensor. ``"mean"`` only averages over the batch (the
             weight scaling then shrinks steps by the typical weight magnitude, ~0.05 in an MLP,
             so learning rates must be ~20x SGD's). ``"sum"`` sums over the batch as the
@@ -68,10 +68,10 @@ class LFPOptimizer(WrappedOptimizer):
             clipping, needed).
         clip_norm: if given, clip the 2-norm of all feedback to this value before the step.
         dropout: ``"reference"`` or ``"conservative"`` treatment of train-mode dropout, see
-            :class:`lfpoptim.rules.DropoutRule`.
+            `lfpoptim.rules.DropoutRule`.
         params: what the base optimizer optimizes (parameters or parameter groups); all of the
             model's parameters when ``None``.
-        rules: a rule map replacing :func:`lfpoptim.rules.default_rules` (advanced).
+        rules: a rule map replacing `lfpoptim.rules.default_rules` (advanced).
         **base_kwargs: passed to ``base`` (``lr``, ``momentum``, ``weight_decay``, ...).
 
     Example:
@@ -145,7 +145,7 @@ class LFPOptimizer(WrappedOptimizer):
         return LFPStepResult(outputs=result.outputs, reward=result.reward)
 
     def feedback(self, inputs: Any, targets: Any = None) -> dict[str, torch.Tensor]:
-        r"""The feedback :math:`F_\theta` of every trainable parameter of the model, by name.
+        r"""The feedback \(F_\theta\) of every trainable parameter of the model, by name.
 
         Computed with this optimizer's settings (ε, reduction, dropout), changing nothing: not
         the parameters, not their ``.grad``, not the optimizer state, not the model's buffers.

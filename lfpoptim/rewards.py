@@ -7,13 +7,13 @@ but no ``device`` argument is needed: it is taken from the outputs.
 
 Classification rewards take ``targets`` as class indices shaped ``(batch,)`` (any integer dtype)
 or, where noted, as class probabilities shaped like the outputs, just as
-:func:`torch.nn.functional.cross_entropy` does.
+`torch.nn.functional.cross_entropy` does.
 
-The seed of LFP's backward pass is :math:`R / y` per output unit, so a reward of the form
-:math:`y \odot s` makes the outputs move along :math:`s`: for :class:`SoftmaxLossReward`,
-:math:`s = \text{onehot} - \operatorname{softmax}(y)` is exactly minus the gradient of
-cross-entropy at the logits. Rewards that are discrete (:class:`CorrectClassificationReward`, a
-human's yes/no through :class:`ScoreReward`) multiply by :math:`\operatorname{sign}(y)` instead.
+The seed of LFP's backward pass is \(R / y\) per output unit, so a reward of the form
+\(y \odot s\) makes the outputs move along \(s\): for `SoftmaxLossReward`,
+\(s = \text{onehot} - \operatorname{softmax}(y)\) is exactly minus the gradient of
+cross-entropy at the logits. Rewards that are discrete (`CorrectClassificationReward`, a
+human's yes/no through `ScoreReward`) multiply by \(\operatorname{sign}(y)\) instead.
 """
 
 from __future__ import annotations
@@ -70,9 +70,9 @@ def class_targets(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Ten
 
 
 class SoftmaxLossReward:
-    r""":math:`R = y \odot (t - \operatorname{softmax}(y))`, the paper's default.
+    r"""\(R = y \odot (t - \operatorname{softmax}(y))\), the paper's default.
 
-    ``t`` is the one-hot target (or given class probabilities). :math:`R / y` is minus the
+    ``t`` is the one-hot target (or given class probabilities). \(R / y\) is minus the
     gradient of cross-entropy at the logits, which is why LFP with this reward on a ReLU network
     is weight-scaled gradient ascent on minus the cross-entropy.
     """
@@ -83,7 +83,7 @@ class SoftmaxLossReward:
 
 
 class SigmoidLossReward:
-    r""":math:`R = y \odot (t - \sigma(y))` with one-hot ``t``: independent binary decisions per class."""
+    r"""\(R = y \odot (t - \sigma(y))\) with one-hot ``t``: independent binary decisions per class."""
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         onehot = class_targets(outputs, targets, type(self).__name__)
@@ -91,10 +91,10 @@ class SigmoidLossReward:
 
 
 class BinarySigmoidLossReward:
-    r""":math:`R = y \odot (t - \sigma(y))` for one logit per sample and targets in {0, 1}.
+    r"""\(R = y \odot (t - \sigma(y))\) for one logit per sample and targets in {0, 1}.
 
     ``targets`` may have any shape with as many entries as ``outputs`` (``(batch,)`` for outputs
-    shaped ``(batch, 1)``), like :func:`torch.nn.functional.binary_cross_entropy_with_logits` after
+    shaped ``(batch, 1)``), like `torch.nn.functional.binary_cross_entropy_with_logits` after
     a reshape.
     """
 
@@ -113,7 +113,7 @@ class BinarySigmoidLossReward:
 class BoundedSoftmaxReward:
     r"""Softmax reward whose probabilities are clipped to 0 below ``lower_bound`` and 1 above ``upper_bound``.
 
-    :math:`R = y \odot (t - \tilde p)`, or :math:`\operatorname{sign}(y) \odot (t - \tilde p)` with
+    \(R = y \odot (t - \tilde p)\), or \(\operatorname{sign}(y) \odot (t - \tilde p)\) with
     ``logit_sign_only=True``.
     """
 
@@ -140,7 +140,7 @@ def _is_correct(outputs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 
 
 class CorrectClassificationReward:
-    r"""Discrete: :math:`\operatorname{sign}(y)` at the target unit of each correctly classified sample.
+    r"""Discrete: \(\operatorname{sign}(y)\) at the target unit of each correctly classified sample.
 
     0 elsewhere. Not differentiable, and LFP does not need it to be.
     """
@@ -152,7 +152,7 @@ class CorrectClassificationReward:
 
 
 class MisclassificationReward:
-    r"""Discrete: :math:`-\operatorname{sign}(y)` at every unit whose output beats the target's, 0 elsewhere."""
+    r"""Discrete: \(-\operatorname{sign}(y)\) at every unit whose output beats the target's, 0 elsewhere."""
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         indices = class_indices(outputs, targets, type(self).__name__)
@@ -161,7 +161,7 @@ class MisclassificationReward:
 
 
 class MaximizeSingleNeuron:
-    r""":math:`R = \operatorname{sign}(y)(1 - \sigma(y))`: push outputs up; ``targets`` are ignored.
+    r"""\(R = \operatorname{sign}(y)(1 - \sigma(y))\): push outputs up; ``targets`` are ignored.
 
     Args:
         unit: restrict the reward to this output unit (last dimension); all units when ``None``.
@@ -184,7 +184,7 @@ class MaximizeSingleNeuron:
 
 
 class MinimizeSingleNeuron(MaximizeSingleNeuron):
-    r""":math:`R = -\operatorname{sign}(y)(1 - \sigma(y))`: push outputs down; ``targets`` are ignored."""
+    r"""\(R = -\operatorname{sign}(y)(1 - \sigma(y))\): push outputs down; ``targets`` are ignored."""
 
     direction = -1.0
 
@@ -197,7 +197,7 @@ class ScoreReward:
 
     ``score_fn(outputs, targets)`` returns one number per sample: a human's yes (+1) or no (-1),
     a non-differentiable metric, anything. The reward is that score at the unit the model chose
-    (its argmax), times :math:`\operatorname{sign}(y)` so that a positive score strengthens the
+    (its argmax), times \(\operatorname{sign}(y)\) so that a positive score strengthens the
     choice and a negative one weakens it; every other unit gets 0.
 
     Args:

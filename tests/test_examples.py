@@ -32,3 +32,20 @@ def test_train_digits_smoke_prints_accuracies_and_writes_plot(tmp_path: Path) ->
     assert sgd_accuracy > 0.5
 
     assert plot.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_dropin_loop_smoke_prints_both_optimizers() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(EXAMPLES / "dropin_loop.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    row = re.search(r"^\s+1\s+(\d\.\d+)\s+(\d\.\d+)$", completed.stdout, flags=re.MULTILINE)
+    assert row is not None, completed.stdout
+    sgd_accuracy, lfp_accuracy = (float(value) for value in row.groups())
+    # eight steps of either optimizer take the model far from chance (0.1)
+    assert sgd_accuracy > 0.5
+    assert lfp_accuracy > 0.5

@@ -91,7 +91,7 @@ def default_rules(epsilon: float = 1e-6, dropout: DropoutMode = "reference") -> 
 
     Args:
         epsilon: ε of every epsilon-rule operation.
-        dropout: how train-mode dropout treats reward, see :class:`DropoutRule`.
+        dropout: how train-mode dropout treats reward, see `DropoutRule`.
     """
     if epsilon < 0:
         raise ValueError(f"epsilon must be non-negative, got {epsilon}")

@@ -1,20 +1,20 @@
 r"""The identity rule for element-wise activations.
 
-LFP hands an activation's reward to its input unchanged: :math:`R_z = R_a` for
-:math:`a = \varphi(z)`. In the gradient formulation (:math:`g_x = R_x / x`) the activation's
+LFP hands an activation's reward to its input unchanged: \(R_z = R_a\) for
+\(a = \varphi(z)\). In the gradient formulation (\(g_x = R_x / x\)) the activation's
 backward becomes
 
-.. math::
+\[
+g_z = \frac{\varphi(z)}{z}\, g_a \quad\text{(unfused)}, \qquad
+g_z = \frac{\varphi(z)}{\operatorname{stab}(z)}\, g_a \quad\text{(fused)},
+\]
 
-    g_z = \frac{\varphi(z)}{z}\, g_a \quad\text{(unfused)}, \qquad
-    g_z = \frac{\varphi(z)}{\operatorname{stab}(z)}\, g_a \quad\text{(fused)},
-
-where the fused form also applies the epsilon stabiliser of the layer that produced :math:`z`, so
-that layer needs no hook of its own. Nothing here needs :math:`\varphi` to be differentiable: a
+where the fused form also applies the epsilon stabiliser of the layer that produced \(z\), so
+that layer needs no hook of its own. Nothing here needs \(\varphi\) to be differentiable: a
 step function trains like a ReLU.
 
-ReLU has a cheaper form computed from its output alone (:math:`\varphi(z)/\operatorname{stab}(z)
-= a / (a + \varepsilon)`), so, like autograd's ReLU, it saves only its output and keeps working
+ReLU has a cheaper form computed from its output alone (\(\varphi(z)/\operatorname{stab}(z)
+= a / (a + \varepsilon)\)), so, like autograd's ReLU, it saves only its output and keeps working
 in place.
 """
 
@@ -77,7 +77,7 @@ class IdentityActivationRule:
     Attributes:
         inplace_position: index of the positional ``inplace`` argument of ``func``, if it has one.
         out_of_place: for an in-place function (``torch.sigmoid_``), its out-of-place form.
-        name: how :func:`lfpoptim.explain` calls the rule.
+        name: how `lfpoptim.explain` calls the rule.
     """
 
     inplace_position: int | None = None

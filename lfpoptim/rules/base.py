@@ -7,7 +7,7 @@ through them as a gradient would (max pooling, reshapes, concatenation, indexing
 
 Rules never compute feedback themselves: they only shape the single backward pass, in the
 "gradient formulation" of LFP (see ``docs/concepts.md``). They talk to the engine through the
-small :class:`Trace` protocol below and never import the engine or the optimizer.
+small `Trace` protocol below and never import the engine or the optimizer.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 r"""Dropout in train mode.
 
-With the mask :math:`m` and keep probability :math:`q = 1 - p`, dropout computes
-:math:`y = m \odot x / q`. Backpropagating :math:`g = R / x` through it conserves reward
-(:math:`R_x = R_y`), which is what an identity rule would do. The reference implementation
+With the mask \(m\) and keep probability \(q = 1 - p\), dropout computes
+\(y = m \odot x / q\). Backpropagating \(g = R / x\) through it conserves reward
+(\(R_x = R_y\)), which is what an identity rule would do. The reference implementation
 (``lfprop``) instead runs autograd on the reward itself, so a kept unit's reward arrives scaled by
-:math:`1/q`. ``mode="reference"`` reproduces that (the default, so that results match the
+\(1/q\). ``mode="reference"`` reproduces that (the default, so that results match the
 reference); ``mode="conservative"`` keeps the reward's sum.
 """
 

@@ -1,19 +1,19 @@
 r"""The epsilon rule for layers with (and without) parameters.
 
-For an operation :math:`z = f(a; \theta)` that is linear in its input (Linear, ConvNd, the affine
-part of the norms, average pooling, sums), epsilon-LFP hands reward :math:`R_z` down as
+For an operation \(z = f(a; \theta)\) that is linear in its input (Linear, ConvNd, the affine
+part of the norms, average pooling, sums), epsilon-LFP hands reward \(R_z\) down as
 
-.. math::
+\[
+n = \frac{R_z}{\operatorname{stab}(z)}, \qquad
+\operatorname{stab}(z) = z + \varepsilon\,(\operatorname{sign}(z) + [z = 0]),
 
-    n = \frac{R_z}{\operatorname{stab}(z)}, \qquad
-    \operatorname{stab}(z) = z + \varepsilon\,(\operatorname{sign}(z) + [z = 0]),
+R_a = a \odot J_a^\top n, \qquad F_\theta = |\theta| \odot J_\theta^\top n .
+\]
 
-    R_a = a \odot J_a^\top n, \qquad F_\theta = |\theta| \odot J_\theta^\top n .
-
-In the gradient formulation the engine backpropagates :math:`g_x = R_x / x`. Then
-:math:`J_a^\top n` is the gradient arriving at the input and :math:`J_\theta^\top n` is
-``theta.grad``, provided the gradient arriving at :math:`z` is multiplied by
-:math:`z / \operatorname{stab}(z) = |z| / (|z| + \varepsilon)`. That factor is this rule's only
+In the gradient formulation the engine backpropagates \(g_x = R_x / x\). Then
+\(J_a^\top n\) is the gradient arriving at the input and \(J_\theta^\top n\) is
+``theta.grad``, provided the gradient arriving at \(z\) is multiplied by
+\(z / \operatorname{stab}(z) = |z| / (|z| + \varepsilon)\). That factor is this rule's only
 work: the operation itself runs unchanged, its output is handed to the engine, and the engine
 applies the factor either through the following activation (fused) or through a hook on the
 output's autograd node.
@@ -30,7 +30,7 @@ from .base import TorchFunction, Trace, is_inplace_call
 
 
 def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    r""":math:`\operatorname{stab}(z) = z + \varepsilon(\operatorname{sign}(z) + [z = 0])`.
+    r"""\(\operatorname{stab}(z) = z + \varepsilon(\operatorname{sign}(z) + [z = 0])\).
 
     Moves every entry of ``z`` away from zero by ``epsilon``, keeping its sign (zeros become
     ``+epsilon``).
@@ -39,7 +39,7 @@ def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
 
 
 def stabiliser_ratio(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    r""":math:`z / \operatorname{stab}(z) = |z| / (|z| + \varepsilon)`, written without a division by zero."""
+    r"""\(z / \operatorname{stab}(z) = |z| / (|z| + \varepsilon)\), written without a division by zero."""
     magnitude = z.abs()
     return magnitude / (magnitude + epsilon)
 
@@ -50,7 +50,7 @@ class EpsilonRule:
 
     Attributes:
         epsilon: the stabiliser ε of this operation.
-        name: how :func:`lfpoptim.explain` and error messages call the rule.
+        name: how `lfpoptim.explain` and error messages call the rule.
     """
 
     epsilon: float = 1e-6

@@ -1,6 +1,7 @@
 """lfpoptim: train neural networks with Layer-wise Feedback Propagation behind a torch.optim API."""
 
-from . import rewards, rules
+from . import analysis, prune, rewards, rules
+from .analysis import ZeroParameterWarning
 from .dropin import DropInLFPOptimizer
 from .engine import LFPPass, lfp_pass
 from .modules import Heaviside, heaviside
@@ -34,9 +35,12 @@ __all__ = [
     "ScoreReward",
     "SigmoidLossReward",
     "SoftmaxLossReward",
+    "ZeroParameterWarning",
     "__version__",
+    "analysis",
     "heaviside",
     "lfp_pass",
+    "prune",
     "rewards",
     "rules",
 ]

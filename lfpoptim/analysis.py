@@ -1,35 +1,37 @@
 r"""Sparsity of LFP updates and of the weights they produce.
 
-LFP's feedback :math:`F_\theta = |\theta| \odot J_\theta^\top n` is zero wherever no reward flows
+LFP's feedback \(F_\theta = |\theta| \odot J_\theta^\top n\) is zero wherever no reward flows
 (an inactive ReLU, a max-pooling loser) and wherever the parameter itself is zero. This module
 measures that:
 
-- :func:`sparsity` and :func:`gini` describe one tensor: the fraction of (near-)zero entries, and
+- `sparsity` and `gini` describe one tensor: the fraction of (near-)zero entries, and
   the Gini index of the magnitudes, a scale-free measure of how concentrated they are;
-- :func:`update_sparsity`, :func:`weight_sparsity` and :func:`weight_gini` apply them per
-  parameter tensor of a model (or to a feedback dict from :meth:`lfpoptim.LFPOptimizer.feedback`);
-- :class:`SparsityTracker` records them during training, after each ``step``, from ``.grad``
-  (which an LFP step sets to :math:`-F_\theta`, so its zeros are the feedback's zeros);
-- :func:`zero_parameters` lists parameters that are entirely zero: under LFP they never change.
+- `update_sparsity`, `weight_sparsity` and `weight_gini` apply them per
+  parameter tensor of a model (or to a feedback dict from `lfpoptim.LFPOptimizer.feedback`);
+- `SparsityTracker` records them during training, after each ``step``, from ``.grad``
+  (which an LFP step sets to \(-F_\theta\), so its zeros are the feedback's zeros);
+- `zero_parameters` lists parameters that are entirely zero: under LFP they never change
+  (`warn_zero_parameters` turns that into a `ZeroParameterWarning`).
 
-Parameters pruned with :mod:`torch.nn.utils.prune` are measured as the model uses them (the
+Parameters pruned with `torch.nn.utils.prune` are measured as the model uses them (the
 masked ``weight``, not ``weight_orig``), under the original name (``"0.weight"``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 PRUNED_SUFFIX = "_orig"
-"""What :mod:`torch.nn.utils.prune` appends to the name of the parameter it reparametrises."""
+"""What `torch.nn.utils.prune` appends to the name of the parameter it reparametrises."""
 
 
 def sparsity(tensor: torch.Tensor, threshold: float = 0.0) -> float:
-    r"""The fraction of entries with :math:`|x_i| \le` ``threshold``.
+    r"""The fraction of entries with \(|x_i| \le\) ``threshold``.
 
     With the default ``threshold=0`` this is the fraction of exact zeros.
 
@@ -50,13 +52,13 @@ def sparsity(tensor: torch.Tensor, threshold: float = 0.0) -> float:
 def gini(tensor: torch.Tensor) -> float:
     r"""The Gini index of the magnitudes of ``tensor`` (Hurley & Rickard, 2009).
 
-    With :math:`c_{(1)} \le \dots \le c_{(N)}` the sorted magnitudes :math:`|x_i|`,
+    With \(c_{(1)} \le \dots \le c_{(N)}\) the sorted magnitudes \(|x_i|\),
 
-    .. math::
+    \[
+    G = 1 - 2 \sum_{k=1}^{N} \frac{c_{(k)}}{\lVert c \rVert_1} \cdot \frac{N - k + \tfrac12}{N}.
+    \]
 
-        G = 1 - 2 \sum_{k=1}^{N} \frac{c_{(k)}}{\lVert c \rVert_1} \cdot \frac{N - k + \tfrac12}{N}.
-
-    :math:`G = 0` when all magnitudes are equal and :math:`G = 1 - 1/N` when a single entry is
+    \(G = 0\) when all magnitudes are equal and \(G = 1 - 1/N\) when a single entry is
     non-zero. Unlike a count of zeros it is scale-invariant and sees weights that are small
     without being exactly zero.
 
@@ -78,9 +80,9 @@ def gini(tensor: torch.Tensor) -> float:
 def effective_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """``(name, tensor)`` for every parameter of ``model``, as the forward uses it.
 
-    A parameter reparametrised by :mod:`torch.nn.utils.prune` (``weight_orig`` and the buffer
+    A parameter reparametrised by `torch.nn.utils.prune` (``weight_orig`` and the buffer
     ``weight_mask``) is given as the masked ``weight`` under the name ``"<module>.weight"``; every
-    other parameter as :meth:`torch.nn.Module.named_parameters` gives it.
+    other parameter as `torch.nn.Module.named_parameters` gives it.
     """
     seen: set[int] = set()
     for module_name, module in model.named_modules():
@@ -100,43 +102,86 @@ def update_sparsity(updates: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """The fraction of exact zeros in each update tensor.
 
     Args:
-        updates: feedback by parameter name, as :meth:`lfpoptim.LFPOptimizer.feedback` returns it,
+        updates: feedback by parameter name, as `lfpoptim.LFPOptimizer.feedback` returns it,
             or any other name -> tensor mapping (gradients, ``.grad`` after a step).
     """
     return {name: sparsity(update) for name, update in updates.items()}
 
 
 def weight_sparsity(model: nn.Module, threshold: float = 0.0) -> dict[str, float]:
-    """:func:`sparsity` of every parameter tensor of ``model``, by name (pruned ones as masked)."""
+    """`sparsity` of every parameter tensor of ``model``, by name (pruned ones as masked)."""
     return {name: sparsity(param, threshold) for name, param in effective_parameters(model)}
 
 
 def weight_gini(model: nn.Module) -> dict[str, float]:
-    """:func:`gini` of every parameter tensor of ``model``, by name (pruned ones as masked)."""
+    """`gini` of every parameter tensor of ``model``, by name (pruned ones as masked)."""
     return {name: gini(param) for name, param in effective_parameters(model)}
 
 
-def zero_parameters(model: nn.Module) -> list[str]:
+def zero_parameters(model: nn.Module, params: Iterable[torch.Tensor] | None = None) -> list[str]:
     r"""The names of the trainable parameters of ``model`` whose entries are all exactly zero.
 
-    LFP cannot train them: the feedback :math:`F_\theta = |\theta| \odot J_\theta^\top n`
-    vanishes where :math:`\theta = 0`, so a parameter that starts at zero stays at zero (a
+    LFP cannot train them: the feedback \(F_\theta = |\theta| \odot J_\theta^\top n\)
+    vanishes where \(\theta = 0\), so a parameter that starts at zero stays at zero (a
     BatchNorm or LayerNorm bias initialised to 0, for example). Initialise such parameters to
     small non-zero values, or freeze them (``requires_grad_(False)``) if zero is what you want.
+
+    Args:
+        model: the network.
+        params: only consider these parameters (e.g. those an optimizer trains); all of the
+            model's when ``None``.
     """
+    wanted = None if params is None else {id(param) for param in params}
     return [
         name
         for name, param in model.named_parameters()
-        if param.requires_grad and param.numel() > 0 and not bool(param.detach().any())
+        if param.requires_grad
+        and (wanted is None or id(param) in wanted)
+        and param.numel() > 0
+        and not bool(param.detach().any())
     ]
+
+
+class ZeroParameterWarning(UserWarning):
+    """Some trainable parameters are all zero, and LFP cannot train them (see `zero_parameters`)."""
+
+
+MAX_NAMES_IN_WARNING = 10
+"""How many parameter names `warn_zero_parameters` spells out before summarising the rest."""
+
+
+def warn_zero_parameters(
+    model: nn.Module, params: Iterable[torch.Tensor] | None = None, *, stacklevel: int = 3
+) -> list[str]:
+    """Warn (`ZeroParameterWarning`) if `zero_parameters` finds any, and return them.
+
+    Args:
+        model: the network.
+        params: only consider these parameters; all of the model's when ``None``.
+        stacklevel: as in `warnings.warn`; the default points at the caller's caller, the
+            line that constructed an optimizer calling this from its ``__init__``.
+    """
+    zeroed = zero_parameters(model, params)
+    if zeroed:
+        shown = ", ".join(zeroed[:MAX_NAMES_IN_WARNING])
+        if len(zeroed) > MAX_NAMES_IN_WARNING:
+            shown += f" and {len(zeroed) - MAX_NAMES_IN_WARNING} more"
+        warnings.warn(
+            f"{len(zeroed)} trainable parameter(s) are all zero, and LFP never changes a zero "
+            f"(its feedback is scaled by |theta|): {shown}. Initialise them to a small non-zero value, "
+            "e.g. torch.nn.init.constant_(param, 1e-3), or freeze them with param.requires_grad_(False).",
+            ZeroParameterWarning,
+            stacklevel=stacklevel,
+        )
+    return zeroed
 
 
 @dataclass
 class SparsityRecord:
-    """What :class:`SparsityTracker` measured after one step.
+    """What `SparsityTracker` measured after one step.
 
     Attributes:
-        step: how many times :meth:`SparsityTracker.update` had been called, counting this one.
+        step: how many times `SparsityTracker.update` had been called, counting this one.
         update_sparsity: fraction of exact zeros in ``.grad`` per parameter name (for an LFP
             step, the zeros of the feedback).
         weight_sparsity: fraction of weights with magnitude at most the tracker's threshold.
@@ -151,7 +196,7 @@ class SparsityRecord:
 
 @dataclass
 class SparsityTracker:
-    """Records update and weight sparsity during training; call :meth:`update` after each step.
+    """Records update and weight sparsity during training; call `update` after each step.
 
     It only reads ``.grad`` and the weights, so it works after an LFP step (where ``.grad`` is
     minus the feedback) and after an ordinary gradient step alike. Counting zeros is one pass
@@ -167,10 +212,10 @@ class SparsityTracker:
 
     Attributes:
         model: the model being trained.
-        every: measure on every n-th call of :meth:`update`.
+        every: measure on every n-th call of `update`.
         threshold: weights with magnitude at most this count as zero in ``weight_sparsity``.
         track_gini: also record the Gini index of every parameter tensor.
-        records: one :class:`SparsityRecord` per measured step.
+        records: one `SparsityRecord` per measured step.
     """
 
     model: nn.Module

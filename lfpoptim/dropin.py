@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .analysis import warn_zero_parameters
 from .base_optimizer import BaseOptimizer, WrappedOptimizer, build_base_optimizer
 from .engine import ForwardTrace
 from .functional import weight_scale_
@@ -105,6 +106,7 @@ class DropInLFPOptimizer(WrappedOptimizer):
         if dropout not in get_args(DropoutMode):
             raise ValueError(f"dropout must be 'reference' or 'conservative', got {dropout!r}")
         super().__init__(build_base_optimizer(base, model, params, base_kwargs))
+        warn_zero_parameters(model, [p for group in self.param_groups for p in group["params"] if p.requires_grad])
         self.model = model
         self.epsilon = epsilon
         self.normalize = normalize

@@ -16,6 +16,7 @@ from typing import Any, get_args
 import torch
 from torch import nn
 
+from .analysis import warn_zero_parameters
 from .base_optimizer import BaseOptimizer, WrappedOptimizer, build_base_optimizer
 from .engine import FeedbackReduction, RewardFunction, lfp_pass
 from .functional import weight_scale_
@@ -109,6 +110,7 @@ class LFPOptimizer(WrappedOptimizer):
         if dropout not in get_args(DropoutMode):
             raise ValueError(f"dropout must be 'reference' or 'conservative', got {dropout!r}")
         super().__init__(build_base_optimizer(base, model, params, base_kwargs))
+        warn_zero_parameters(model, self._trainable())
         self.model = model
         self.reward_fn = reward_fn
         self.epsilon = epsilon

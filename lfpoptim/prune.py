@@ -1,37 +1,39 @@
 r"""Prune by weight magnitude or by LFP feedback, and measure what pruning costs.
 
-Every function here masks weights with :mod:`torch.nn.utils.prune`, so a pruned model keeps
+Every function here masks weights with `torch.nn.utils.prune`, so a pruned model keeps
 ``weight_orig`` as its parameter and multiplies it by the buffer ``weight_mask`` in each forward
-(``torch.nn.utils.prune.remove``, or :func:`remove_masks`, makes the zeros permanent).
+(``torch.nn.utils.prune.remove``, or `remove_masks`, makes the zeros permanent).
 
 Two criteria choose what to remove:
 
-- **magnitude** (:func:`magnitude_prune`): the weights with the smallest :math:`|\theta|`;
-- **relevance** (:func:`relevance_prune`): the weights with the least accumulated LFP feedback,
-  :math:`S_\theta = \sum_b |F_\theta^{(b)}|` over a few batches (:func:`feedback_scores`). For a
-  ReLU network and :class:`~lfpoptim.rewards.SoftmaxLossReward` this is
-  :math:`\sum_b |\theta \odot \partial L_b / \partial \theta|`, the first-order Taylor estimate
+- **magnitude** (`magnitude_prune`): the weights with the smallest \(|\theta|\);
+- **relevance** (`relevance_prune`): the weights with the least accumulated LFP feedback,
+  \(S_\theta = \sum_b |F_\theta^{(b)}|\) over a few batches (`feedback_scores`). For a
+  ReLU network and `lfpoptim.rewards.SoftmaxLossReward` this is
+  \(\sum_b |\theta \odot \partial L_b / \partial \theta|\), the first-order Taylor estimate
   of how much the loss changes when the weight is removed; for other rules and rewards it is
   the share of reward each weight carries.
 
 Either criterion ranks all the chosen weights together (``scope="global"``: the network decides
 which layers lose most) or each tensor on its own (``scope="layer"``: every tensor loses the
-same fraction). :func:`pruning_curve` evaluates a model at several pruning fractions, each time on
-a copy, and :func:`plot_pruning_curves` draws the result.
+same fraction). `pruning_curve` evaluates a model at several pruning fractions, each time on
+a copy, and `plot_pruning_curves` draws the result.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .analysis import PRUNED_SUFFIX, effective_parameters
+from .analysis import PRUNED_SUFFIX, ZeroParameterWarning, effective_parameters
 from .optimizer import LFPOptimizer
 from .rewards import SoftmaxLossReward
 
@@ -52,10 +54,10 @@ PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
 )
-"""Layers whose ``weight`` :func:`prunable_weights` offers by default."""
+"""Layers whose ``weight`` `prunable_weights` offers by default."""
 
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
-"""The pruning fractions :func:`pruning_curve` evaluates unless told otherwise."""
+"""The pruning fractions `pruning_curve` evaluates unless told otherwise."""
 
 
 def prunable_weights(model: nn.Module) -> list[str]:
@@ -143,17 +145,17 @@ def _prune(
 def magnitude_prune(
     model: nn.Module, amount: float, *, scope: PruningScope = "global", names: Sequence[str] | None = None
 ) -> None:
-    r"""Mask the weights of smallest magnitude :math:`|\theta|`, in place.
+    r"""Mask the weights of smallest magnitude \(|\theta|\), in place.
 
     Args:
         model: the network to prune.
         amount: a fraction in ``[0, 1]`` or a number of weights. With ``scope="global"`` it counts
             over all ``names`` together, with ``scope="layer"`` over each tensor on its own. On a
             model pruned before, it counts among the weights still unpruned, as
-            :mod:`torch.nn.utils.prune` does.
+            `torch.nn.utils.prune` does.
         scope: ``"global"`` ranks all chosen weights together, ``"layer"`` each tensor separately.
         names: parameter names to prune (``"features.0.weight"``); by default the weights of all
-            linear and convolution layers (:func:`prunable_weights`).
+            linear and convolution layers (`prunable_weights`).
     """
     _prune(model, amount, scope, names, scores=None)
 
@@ -171,12 +173,12 @@ def relevance_prune(
     Args:
         model: the network to prune.
         scores: a non-negative importance per weight, by parameter name and shaped like it,
-            usually the accumulated feedback from :func:`feedback_scores`.
-        amount: a fraction in ``[0, 1]`` or a number of weights, as in :func:`magnitude_prune`.
+            usually the accumulated feedback from `feedback_scores`.
+        amount: a fraction in ``[0, 1]`` or a number of weights, as in `magnitude_prune`.
         scope: ``"global"`` ranks all chosen weights together, ``"layer"`` each tensor separately.
             Global ranking compares scores across layers, which the accumulated feedback allows:
             it is the reward each weight carries, on one scale for the whole network.
-        names: parameter names to prune; by default those of :func:`prunable_weights`.
+        names: parameter names to prune; by default those of `prunable_weights`.
     """
     _prune(model, amount, scope, names, scores=scores)
 
@@ -191,12 +193,12 @@ def feedback_scores(
 ) -> dict[str, torch.Tensor]:
     r"""The LFP feedback magnitude of every trainable parameter, accumulated over ``batches``.
 
-    .. math::
+    \[
+    S_\theta = \sum_b \left| F_\theta^{(b)} \right|,
+    \]
 
-        S_\theta = \sum_b \left| F_\theta^{(b)} \right|,
-
-    where :math:`F_\theta^{(b)}` is the feedback of batch :math:`b` averaged over its samples
-    (:meth:`lfpoptim.LFPOptimizer.feedback` with ``feedback_reduction="mean"``: no per-tensor
+    where \(F_\theta^{(b)}\) is the feedback of batch \(b\) averaged over its samples
+    (`lfpoptim.LFPOptimizer.feedback` with ``feedback_reduction="mean"``: no per-tensor
     normalisation, so scores of different layers can be ranked together). Any model can be
     scored, whatever trained it; nothing about it changes. Put it in ``eval()`` mode first for
     scores that do not depend on dropout masks.
@@ -204,7 +206,7 @@ def feedback_scores(
     Args:
         model: the network.
         batches: ``(inputs, targets)`` pairs; a few batches of training data are enough.
-        reward_fn: the reward to propagate; :class:`~lfpoptim.rewards.SoftmaxLossReward` if
+        reward_fn: the reward to propagate; `lfpoptim.rewards.SoftmaxLossReward` if
             ``None``.
         epsilon: ε of the epsilon rule.
         rules: a rule map replacing the default one.
@@ -214,14 +216,16 @@ def feedback_scores(
         without the ``_orig`` suffix (``"0.weight"``), so that the scores index the pruning
         functions directly; its pruned entries score 0.
     """
-    scorer = LFPOptimizer(
-        model,
-        SoftmaxLossReward() if reward_fn is None else reward_fn,
-        epsilon=epsilon,
-        feedback_reduction="mean",
-        rules=rules,
-        lr=0.0,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ZeroParameterWarning)  # scoring trains nothing
+        scorer = LFPOptimizer(
+            model,
+            SoftmaxLossReward() if reward_fn is None else reward_fn,
+            epsilon=epsilon,
+            feedback_reduction="mean",
+            rules=rules,
+            lr=0.0,
+        )
     totals: dict[str, torch.Tensor] = {}
     for inputs, targets in batches:
         for name, feedback in scorer.feedback(inputs, targets).items():
@@ -245,7 +249,7 @@ def pruned_fraction(model: nn.Module, names: Sequence[str] | None = None) -> flo
 
     Args:
         model: the network, pruned or not.
-        names: parameter names; by default those of :func:`prunable_weights`.
+        names: parameter names; by default those of `prunable_weights`.
     """
     wanted = {name for name, _, _ in _resolve(model, names)}
     tensors = [param for name, param in effective_parameters(model) if name in wanted]
@@ -300,10 +304,10 @@ def pruning_curve(
         model: the trained network.
         evaluate: returns the metric of a model, e.g. its accuracy on held-out data.
         fractions: fractions of the weights ``names`` to prune, each in ``[0, 1]``.
-        scores: prune by these scores (:func:`relevance_prune`, e.g. from
-            :func:`feedback_scores`); by weight magnitude (:func:`magnitude_prune`) if ``None``.
-        scope: ``"global"`` or ``"layer"``, as in :func:`magnitude_prune`.
-        names: the parameters to prune; by default those of :func:`prunable_weights`.
+        scores: prune by these scores (`relevance_prune`, e.g. from
+            `feedback_scores`); by weight magnitude (`magnitude_prune`) if ``None``.
+        scope: ``"global"`` or ``"layer"``, as in `magnitude_prune`.
+        names: the parameters to prune; by default those of `prunable_weights`.
     """
     values = []
     for fraction in fractions:
@@ -334,8 +338,7 @@ def plot_pruning_curves(
     Returns:
         the axes drawn on (``ax.figure.savefig(path)`` saves the plot).
     """
-    import matplotlib.pyplot as plt  # noqa: PLC0415  (optional dependency)
-    import numpy as np  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # an optional dependency: imported only when plotting
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))

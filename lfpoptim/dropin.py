@@ -28,7 +28,8 @@ from .analysis import warn_zero_parameters
 from .base_optimizer import BaseOptimizer, WrappedOptimizer, build_base_optimizer
 from .engine import ForwardTrace
 from .functional import weight_scale_
-from .rules import DropoutMode, RuleMap, default_rules
+from .presets import AUTO, Preset, resolve_rules
+from .rules import DropoutMode, RuleMap
 
 EXACT_LOSSES = "cross_entropy (SoftmaxLossReward) or binary_cross_entropy_with_logits (SigmoidLossReward)"
 
@@ -69,15 +70,17 @@ class DropInLFPOptimizer(WrappedOptimizer):
     Args:
         model: the network; its forward hooks carry the rules.
         base: the optimizer that applies the update (class, ``functools.partial`` or timm name).
-        epsilon: ε of the epsilon rule.
+        epsilon: ε of the epsilon rule; the preset's own when ``None``.
         normalize: divide each parameter tensor's feedback by its mean magnitude, as
             ``LFPOptimizer``'s default ``feedback_reduction="normalized"`` does, so that SGD's
             learning rates carry over. The batch reduction is the loss's own.
         strict: raise instead of warning when the gradient reaching the outputs is not that of
-            cross-entropy or BCE-with-logits.
+            cross-entropy or BCE-with-logits, and when operations on the reward's path have no rule
+            (`lfpoptim.rules.UncoveredOperationError`, raised by the first ``backward()``).
         dropout: ``"reference"`` or ``"conservative"`` treatment of train-mode dropout.
         params: what the base optimizer optimizes; all of the model's parameters when ``None``.
-        rules: a rule map replacing `lfpoptim.rules.default_rules` (advanced).
+        rules: a rule map of one's own instead of a preset (advanced).
+        preset: a name from `lfpoptim.presets.list_presets`, or ``"auto"`` to choose by model.
         **base_kwargs: passed to ``base``.
 
     Example:
@@ -93,25 +96,28 @@ class DropInLFPOptimizer(WrappedOptimizer):
         model: nn.Module,
         base: BaseOptimizer = torch.optim.SGD,
         *,
-        epsilon: float = 1e-6,
+        epsilon: float | None = None,
         normalize: bool = True,
         strict: bool = False,
         dropout: DropoutMode = "reference",
         params: Iterable[Any] | None = None,
         rules: RuleMap | None = None,
+        preset: str | Preset = AUTO,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if dropout not in get_args(DropoutMode):
             raise ValueError(f"dropout must be 'reference' or 'conservative', got {dropout!r}")
+        resolved = resolve_rules(model, preset, epsilon=epsilon, dropout=dropout, rules=rules, strict=strict)
         super().__init__(build_base_optimizer(base, model, params, base_kwargs))
         warn_zero_parameters(model, [p for group in self.param_groups for p in group["params"] if p.requires_grad])
         self.model = model
-        self.epsilon = epsilon
+        self.preset = resolved.preset
+        self.epsilon = resolved.epsilon
         self.normalize = normalize
         self.strict = strict
-        self.rules = default_rules(epsilon, dropout) if rules is None else rules
+        self.rules = resolved.rules
         self._trace: ForwardTrace | None = None
         self._warned = False
         self._handles: list[RemovableHandle] = []

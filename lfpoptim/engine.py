@@ -23,6 +23,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import math
+import weakref
+
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -33,17 +36,31 @@ FeedbackReduction = Literal["normalized", "mean", "sum"]
 RewardFunction = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
-@dataclass(eq=False)
 class _Stabilised:
-    """The output z of an epsilon-rule operation, until the forward is over."""
+    """The output z of an epsilon-rule operation, until the forward is over.
 
-    tensor: torch.Tensor
-    values: torch.Tensor
-    epsilon: float
-    node: Any
-    output_nr: int
-    consumers: int = 0
-    cell: FusionCell | None = None
+    z itself is held weakly: a BatchNorm output that only its ReLU reads is freed as soon as the
+    ReLU has run, as without LFP. Its values are kept (as an alias, not a copy) only once a hook
+    may need them, that is once something other than a single activation reads it.
+    """
+
+    __slots__ = ("cell", "consumers", "epsilon", "node", "output_nr", "tensor", "values")
+
+    def __init__(self, output: torch.Tensor, epsilon: float) -> None:
+        self.tensor = weakref.ref(output)
+        self.values: torch.Tensor | None = None
+        self.epsilon = epsilon
+        self.node = output.grad_fn
+        self.output_nr = output.output_nr
+        self.consumers = 0
+        self.cell: FusionCell | None = None
+
+    def keep_values(self) -> None:
+        """Keep z's values for a hook (call while z is alive)."""
+        if self.values is None:
+            tensor = self.tensor()
+            if tensor is not None:
+                self.values = tensor.detach()
 
 
 class _StabiliserHook:
@@ -64,16 +81,8 @@ class _StabiliserHook:
         if grad is None:
             return None
         scaled = list(grad_outputs)
-        scaled[self.output_nr] = grad * stabiliser_ratio(self.values, self.epsilon)
+        scaled[self.output_nr] = stabiliser_ratio(self.values, self.epsilon).mul_(grad)
         return tuple(scaled)
-
-
-def _tensors(args: Iterable[Any]) -> Iterable[torch.Tensor]:
-    for arg in args:
-        if isinstance(arg, torch.Tensor):
-            yield arg
-        elif isinstance(arg, (list, tuple)):
-            yield from (item for item in arg if isinstance(item, torch.Tensor))
 
 
 def _requires_grad(output: Any) -> bool:
@@ -106,7 +115,7 @@ class ForwardTrace(TorchFunctionMode):
         args: tuple[Any, ...] = (),
         kwargs: Mapping[str, Any] | None = None,
     ) -> Any:
-        kwargs = dict(kwargs or {})
+        kwargs = kwargs or {}
         rule = self.rules.get(func)
         if rule is not None:
             return rule(self, func, args, kwargs)
@@ -114,26 +123,35 @@ class ForwardTrace(TorchFunctionMode):
             return func(*args, **kwargs)
         inplace = is_inplace_call(func, kwargs)
         read = self._read(args, kwargs)
-        if inplace and read:
+        if not read:
+            return func(*args, **kwargs)
+        if inplace:
+            read[0].keep_values()
             self._release(args[0], snapshot=True)
         output = func(*args, **kwargs)
-        if read and _requires_grad(output) and not any(output is arg for arg in args):
+        if _requires_grad(output) and not any(output is arg for arg in args):
             for record in read:
                 record.consumers += 1
+                record.keep_values()
         return output
 
     def _read(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[_Stabilised]:
+        """The tracked tensors among the call's arguments (and in lists of them, as for ``torch.cat``)."""
         found = []
-        for tensor in _tensors((*args, *kwargs.values())):
-            record = self._by_id.get(id(tensor))
-            if record is not None and record.tensor is tensor:
-                found.append(record)
+        by_id = self._by_id
+        for arg in (*args, *kwargs.values()) if kwargs else args:
+            items = arg if isinstance(arg, (list, tuple)) else (arg,)
+            for item in items:
+                if isinstance(item, torch.Tensor):
+                    record = by_id.get(id(item))
+                    if record is not None and record.tensor() is item:
+                        found.append(record)
         return found
 
     def _release(self, tensor: Any, snapshot: bool) -> None:
         """``tensor`` is about to be overwritten in place: its record keeps a copy, or forgets it."""
         record = self._by_id.pop(id(tensor), None)
-        if record is not None and snapshot:
+        if record is not None and snapshot and record.values is not None:
             record.values = record.values.clone()
 
     # -- the Trace protocol used by the rules -------------------------------------------------
@@ -143,18 +161,21 @@ class ForwardTrace(TorchFunctionMode):
         read = self._read(args, kwargs)
         for record in read:
             record.consumers += 1
+            record.keep_values()
         if inplace and read:
             self._release(args[0], snapshot=True)
 
     def mark_stabilised(self, output: torch.Tensor, epsilon: float) -> None:
-        record = _Stabilised(output, output.detach(), epsilon, output.grad_fn, output.output_nr)
+        record = _Stabilised(output, epsilon)
         self._records.append(record)
         self._by_id[id(output)] = record
 
     def fuse_activation(self, z: torch.Tensor, inplace: bool) -> FusionCell:
         record = self._by_id.get(id(z))
-        if record is None or record.tensor is not z:
+        if record is None or record.tensor() is not z:
             return FusionCell()
+        if record.consumers > 0:  # a second reader: z needs its hook after all
+            record.keep_values()
         if inplace:
             self._release(z, snapshot=record.consumers > 0)
         record.consumers += 1
@@ -185,7 +206,7 @@ class ForwardTrace(TorchFunctionMode):
             start = self._last_activation[1]
         start_epsilon = None
         for record in self._records:
-            is_start = record.tensor is start
+            is_start = record.tensor() is start
             if is_start:
                 start_epsilon = record.epsilon
                 if seeded:
@@ -193,6 +214,8 @@ class ForwardTrace(TorchFunctionMode):
             if record.cell is not None and record.consumers == 1 and not is_start:
                 record.cell.fused = True
             elif record.consumers > 0 or is_start:
+                if is_start:
+                    record.keep_values()
                 record.node.register_prehook(_StabiliserHook(record.values, record.epsilon, record.output_nr))
         self.clear()
         return start, start_epsilon
@@ -232,7 +255,7 @@ def check_reward(reward: Any, outputs: torch.Tensor) -> torch.Tensor:
             "the reward must give one value per output unit"
         )
     # NaN and Inf reach the sum (overflow aside), so one scalar test covers the common case
-    if not bool(torch.isfinite(reward.sum())):
+    if not math.isfinite(float(reward.sum())):
         bad = int((~torch.isfinite(reward)).sum())
         if bad:
             raise ValueError(

@@ -18,7 +18,7 @@ CHUNK = 1 << 17
 """Elements per chunk: the reused buffer (512 KiB in float32) stays in the CPU's cache."""
 
 TINY = 1e-12
-"""Floor of a parameter tensor's mean magnitude when feedback is normalised by it."""
+"""Floor of a parameter tensor's summed magnitude when feedback is normalised by its mean magnitude."""
 
 
 def _is_chunked(grad: torch.Tensor, param: torch.Tensor) -> bool:
@@ -48,9 +48,10 @@ def weight_scale_(
         small_grads = [grad for grad, big in zip(grads, chunked, strict=True) if not big]
         magnitudes = torch._foreach_abs(small_params)
         if normalize:
+            # sign / mean|theta| per tensor, computed on one small vector
             sums = torch.stack([magnitude.sum() for magnitude in magnitudes])
-            numels = torch.tensor([float(param.numel()) for param in small_params], device=sums.device)
-            factors = (sums / numels).clamp_min_(TINY).reciprocal_().mul_(sign).to(sums.dtype)
+            numels = torch.tensor([float(param.numel()) for param in small_params], dtype=sums.dtype)
+            factors = numels.to(sums.device).div_(sums.clamp_min_(TINY)).mul_(sign)
             torch._foreach_mul_(magnitudes, factors.unbind())
         else:
             torch._foreach_mul_(magnitudes, sign)
@@ -62,8 +63,7 @@ def weight_scale_(
             continue
         factor: float | torch.Tensor = sign
         if normalize:
-            mean_magnitude = torch.linalg.vector_norm(param, ord=1) / param.numel()
-            factor = sign / mean_magnitude.clamp_min(TINY)
+            factor = (sign * param.numel()) / torch.linalg.vector_norm(param, ord=1).clamp_min(TINY)
         if buffer is None or buffer.dtype != param.dtype:
             buffer = torch.empty(CHUNK, dtype=param.dtype)
         flat_grad, flat_param, total = grad.view(-1), param.view(-1), param.numel()

@@ -20,7 +20,8 @@ from .analysis import warn_zero_parameters
 from .base_optimizer import BaseOptimizer, WrappedOptimizer, build_base_optimizer
 from .engine import FeedbackReduction, RewardFunction, lfp_pass
 from .functional import weight_scale_
-from .rules import DropoutMode, RuleMap, default_rules
+from .presets import AUTO, Preset, resolve_rules
+from .rules import DropoutMode, RuleMap
 
 
 @dataclass
@@ -56,7 +57,8 @@ class LFPOptimizer(WrappedOptimizer):
         base: the optimizer that applies the update: a ``torch.optim.Optimizer`` class, a
             ``functools.partial`` of one, or a timm optimizer name (``"adamw"``, ``"lamb"``, ...)
             built by ``timm.optim.create_optimizer_v2``.
-        epsilon: ε of the epsilon rule.
+        epsilon: ε of the epsilon rule; the preset's own when ``None`` (1e-6 for ``default``, 1 for
+            ``vit`` as in the reference).
         feedback_reduction: how feedback is scaled before the step.
             ``"normalized"`` (default) averages it over the batch and divides each parameter
             tensor's feedback by that tensor's mean magnitude \(\overline{|\theta|}\): the
@@ -72,7 +74,13 @@ class LFPOptimizer(WrappedOptimizer):
             `lfpoptim.rules.DropoutRule`.
         params: what the base optimizer optimizes (parameters or parameter groups); all of the
             model's parameters when ``None``.
-        rules: a rule map replacing `lfpoptim.rules.default_rules` (advanced).
+        rules: a rule map of one's own instead of a preset (advanced).
+        preset: which rules the model's operations get: a name from
+            `lfpoptim.presets.list_presets` or ``"auto"`` (chosen by the timm architecture name or
+            the module classes, see `lfpoptim.presets.select_preset`).
+        strict: raise `lfpoptim.rules.UncoveredOperationError` at the first step if operations on
+            the reward's path have no rule (listing them); otherwise warn once
+            (`lfpoptim.rules.UncoveredOperationWarning`). `lfpoptim.explain` shows the whole table.
         **base_kwargs: passed to ``base`` (``lr``, ``momentum``, ``weight_decay``, ...).
 
     Example:
@@ -87,12 +95,14 @@ class LFPOptimizer(WrappedOptimizer):
         reward_fn: RewardFunction,
         base: BaseOptimizer = torch.optim.SGD,
         *,
-        epsilon: float = 1e-6,
+        epsilon: float | None = None,
         feedback_reduction: FeedbackReduction = "normalized",
         clip_norm: float | None = None,
         dropout: DropoutMode = "reference",
         params: Iterable[Any] | None = None,
         rules: RuleMap | None = None,
+        preset: str | Preset = AUTO,
+        strict: bool = False,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -109,14 +119,16 @@ class LFPOptimizer(WrappedOptimizer):
             raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
         if dropout not in get_args(DropoutMode):
             raise ValueError(f"dropout must be 'reference' or 'conservative', got {dropout!r}")
+        resolved = resolve_rules(model, preset, epsilon=epsilon, dropout=dropout, rules=rules, strict=strict)
         super().__init__(build_base_optimizer(base, model, params, base_kwargs))
         warn_zero_parameters(model, self._trainable())
         self.model = model
         self.reward_fn = reward_fn
-        self.epsilon = epsilon
+        self.preset = resolved.preset
+        self.epsilon = resolved.epsilon
         self.feedback_reduction: FeedbackReduction = feedback_reduction
         self.clip_norm = clip_norm
-        self.rules = default_rules(epsilon, dropout) if rules is None else rules
+        self.rules = resolved.rules
 
     def _trainable(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
@@ -169,6 +181,7 @@ class LFPOptimizer(WrappedOptimizer):
 
     def __repr__(self) -> str:
         return (
-            f"LFPOptimizer(base={type(self.base).__name__}, epsilon={self.epsilon}, "
+            f"LFPOptimizer(base={type(self.base).__name__}, "
+            f"preset={self.preset.name if self.preset else None!r}, epsilon={self.epsilon}, "
             f"feedback_reduction={self.feedback_reduction!r}, clip_norm={self.clip_norm})\n{self.base!r}"
         )

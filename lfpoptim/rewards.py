@@ -55,18 +55,23 @@ def class_indices(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Ten
         )
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
         raise TypeError(f"targets have dtype {targets.dtype} but class indices must be an integer dtype (torch.long)")
-    if batch and (int(targets.min()) < 0 or int(targets.max()) >= classes):
-        bad = int(targets.max()) if int(targets.max()) >= classes else int(targets.min())
-        raise ValueError(f"target class index {bad} is out of range for outputs with {classes} classes")
+    if batch:
+        lowest, highest = (int(value) for value in torch.aminmax(targets))
+        if lowest < 0 or highest >= classes:
+            bad = highest if highest >= classes else lowest
+            raise ValueError(f"target class index {bad} is out of range for outputs with {classes} classes")
     return targets.to(device=outputs.device, dtype=torch.long)
 
 
 def class_targets(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Tensor:
-    """One-hot encode class indices, or pass class probabilities shaped like ``outputs`` through."""
+    """One-hot encode class indices, or copy class probabilities shaped like ``outputs``.
+
+    The result is a new tensor that the caller may modify in place.
+    """
     if isinstance(targets, torch.Tensor) and targets.shape == outputs.shape and targets.dtype.is_floating_point:
-        return targets.to(device=outputs.device, dtype=outputs.dtype)
+        return targets.to(device=outputs.device, dtype=outputs.dtype, copy=True)
     indices = class_indices(outputs, targets, reward)
-    return F.one_hot(indices, outputs.shape[1]).to(outputs.dtype)
+    return torch.zeros_like(outputs).scatter_(1, indices[:, None], 1.0)
 
 
 class SoftmaxLossReward:
@@ -79,7 +84,7 @@ class SoftmaxLossReward:
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         onehot = class_targets(outputs, targets, type(self).__name__)
-        return outputs * (onehot - outputs.softmax(dim=1))
+        return onehot.sub_(outputs.softmax(dim=1)).mul_(outputs)
 
 
 class SigmoidLossReward:
@@ -87,7 +92,7 @@ class SigmoidLossReward:
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         onehot = class_targets(outputs, targets, type(self).__name__)
-        return outputs * (onehot - torch.sigmoid(outputs))
+        return onehot.sub_(torch.sigmoid(outputs)).mul_(outputs)
 
 
 class BinarySigmoidLossReward:

@@ -13,9 +13,19 @@ import torch.nn.functional as F
 
 from ..modules import heaviside
 from .activations import IdentityActivationRule
+from .attention import ScaledDotProductAttentionRule, SoftmaxRule
 from .base import FusionCell, Rule, TorchFunction, Trace, is_inplace_call
+from .coverage import (
+    GRADIENT_OPERATIONS,
+    CoverageCheck,
+    UncoveredOperationError,
+    UncoveredOperationWarning,
+    operation_name,
+    passes_reward,
+)
 from .dropout import DropoutMode, DropoutRule
 from .epsilon import EpsilonRule, stabilise, stabiliser_ratio
+from .products import AddcmulRule, DivisionRule, ProductRule, is_parameter_like, product_kind
 
 RuleMap = dict[TorchFunction, Rule]
 
@@ -53,6 +63,22 @@ EPSILON_FUNCTIONS: tuple[TorchFunction, ...] = (
     torch.Tensor.__isub__,
 )
 """Functions whose output gets the epsilon rule: layers with parameters, pooling by averaging, sums."""
+
+ADDITION_FUNCTIONS: tuple[TorchFunction, ...] = (
+    torch.add,
+    torch.Tensor.add,
+    torch.Tensor.add_,
+    torch.Tensor.__add__,
+    torch.Tensor.__radd__,
+    torch.Tensor.__iadd__,
+    torch.sub,
+    torch.Tensor.sub,
+    torch.Tensor.sub_,
+    torch.Tensor.__sub__,
+    torch.Tensor.__rsub__,
+    torch.Tensor.__isub__,
+)
+"""The sums and differences of two tensors among `EPSILON_FUNCTIONS` (residual connections)."""
 
 # function -> (position of its positional ``inplace`` argument, out-of-place form if in place)
 ACTIVATION_FUNCTIONS: dict[TorchFunction, tuple[int | None, TorchFunction | None]] = {
@@ -102,19 +128,106 @@ def default_rules(epsilon: float = 1e-6, dropout: DropoutMode = "reference") -> 
     return rules
 
 
+SUM_FUNCTIONS: tuple[TorchFunction, ...] = (torch.sum, torch.Tensor.sum)
+"""Sums over dimensions: the epsilon rule, like ``torch.mean``."""
+
+PRODUCT_FUNCTIONS: tuple[TorchFunction, ...] = (
+    torch.mul,
+    torch.multiply,
+    torch.Tensor.mul,
+    torch.Tensor.mul_,
+    torch.Tensor.multiply,
+    torch.Tensor.__mul__,
+    torch.Tensor.__rmul__,
+    torch.Tensor.__imul__,
+    torch.matmul,
+    torch.Tensor.matmul,
+    torch.Tensor.__matmul__,
+    torch.Tensor.__rmatmul__,
+    torch.bmm,
+    torch.Tensor.bmm,
+)
+"""Element-wise and matrix products of two tensors, see `ProductRule`."""
+
+DIVISION_FUNCTIONS: tuple[TorchFunction, ...] = (
+    torch.div,
+    torch.divide,
+    torch.true_divide,
+    torch.Tensor.div,
+    torch.Tensor.div_,
+    torch.Tensor.divide,
+    torch.Tensor.true_divide,
+    torch.Tensor.__truediv__,
+    torch.Tensor.__itruediv__,
+)
+"""Divisions ``a / b`` (not ``c / b`` written as ``b.__rtruediv__(c)``: that is not linear in anything)."""
+
+ADDCMUL_FUNCTIONS: tuple[TorchFunction, ...] = (torch.addcmul, torch.Tensor.addcmul, torch.Tensor.addcmul_)
+
+SOFTMAX_FUNCTIONS: tuple[TorchFunction, ...] = (F.softmax, torch.softmax, torch.Tensor.softmax)
+
+ATTENTION_FUNCTIONS: tuple[TorchFunction, ...] = (F.scaled_dot_product_attention,)
+
+
+def interaction_rules(
+    epsilon: float = 1e-6, dropout: DropoutMode = "reference", sum_epsilon: float | None = None
+) -> RuleMap:
+    """Rules for multiplicative interactions and sums over dimensions, to add to `default_rules`.
+
+    Products and divisions (`ProductRule`, `DivisionRule`, `AddcmulRule`), softmax
+    (`SoftmaxRule`), fused attention (`ScaledDotProductAttentionRule`) and ``torch.sum``.
+
+    Args:
+        epsilon: ε of the epsilon rule where a product has a parameter factor (layer scale).
+        dropout: how attention dropout treats reward, see `DropoutRule`.
+        sum_epsilon: ε of ``torch.sum`` and of ``addcmul``'s sum; ``epsilon`` when ``None``.
+    """
+    if epsilon < 0:
+        raise ValueError(f"epsilon must be non-negative, got {epsilon}")
+    sum_epsilon = epsilon if sum_epsilon is None else sum_epsilon
+    rules: RuleMap = dict.fromkeys(SUM_FUNCTIONS, EpsilonRule(sum_epsilon))
+    rules.update(dict.fromkeys(PRODUCT_FUNCTIONS, ProductRule(epsilon)))
+    rules.update(dict.fromkeys(DIVISION_FUNCTIONS, DivisionRule(epsilon)))
+    rules.update(dict.fromkeys(ADDCMUL_FUNCTIONS, AddcmulRule(sum_epsilon)))
+    rules.update(dict.fromkeys(SOFTMAX_FUNCTIONS, SoftmaxRule()))
+    rules.update(dict.fromkeys(ATTENTION_FUNCTIONS, ScaledDotProductAttentionRule(dropout)))
+    return rules
+
+
 __all__ = [
     "ACTIVATION_FUNCTIONS",
+    "ADDCMUL_FUNCTIONS",
+    "ADDITION_FUNCTIONS",
+    "ATTENTION_FUNCTIONS",
+    "DIVISION_FUNCTIONS",
     "DROPOUT_FUNCTIONS",
     "EPSILON_FUNCTIONS",
+    "GRADIENT_OPERATIONS",
+    "PRODUCT_FUNCTIONS",
+    "SOFTMAX_FUNCTIONS",
+    "SUM_FUNCTIONS",
+    "AddcmulRule",
+    "CoverageCheck",
+    "DivisionRule",
     "DropoutRule",
     "EpsilonRule",
     "FusionCell",
     "IdentityActivationRule",
+    "ProductRule",
     "Rule",
     "RuleMap",
+    "ScaledDotProductAttentionRule",
+    "SoftmaxRule",
     "Trace",
+    "UncoveredOperationError",
+    "UncoveredOperationWarning",
     "default_rules",
+    "interaction_rules",
     "is_inplace_call",
+    "is_parameter_like",
+    "operation_name",
+    "passes_reward",
+    "product_kind",
     "stabilise",
     "stabiliser_ratio",
 ]

@@ -46,8 +46,10 @@ class _ReLUIdentity(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         (a,) = ctx.saved_tensors
         cell: FusionCell = ctx.cell
-        if cell.fused:
-            return grad * (a / (a + cell.epsilon)), None, None
+        if cell.fused:  # a / (a + eps), in one temporary
+            ratio = a + cell.epsilon
+            torch.div(a, ratio, out=ratio)
+            return ratio.mul_(grad), None, None
         return grad * (a > 0).to(grad.dtype), None, None
 
 
@@ -66,8 +68,8 @@ class _ActivationIdentity(torch.autograd.Function):
         (z,) = ctx.saved_tensors
         cell: FusionCell = ctx.cell
         a = ctx.phi(z)
-        denominator = stabilise(z, cell.epsilon) if cell.fused else torch.where(z == 0, torch.ones_like(z), z)
-        return grad * a / denominator, None, None
+        denominator = stabilise(z, cell.epsilon) if cell.fused else torch.where(z == 0, 1.0, z)
+        return a.div_(denominator).mul_(grad), None, None
 
 
 @dataclass(frozen=True)

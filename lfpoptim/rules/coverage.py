@@ -1,0 +1,211 @@
+r"""Which operations on the reward's path have a rule, and checking that every one does.
+
+An operation without a rule runs unchanged, so reward moves through it as a gradient would. That
+is LFP's rule for operations that only move, copy, select or cast values (reshapes,
+concatenation, indexing, padding; max pooling is winner-takes-all): `passes_reward` lists them.
+Any other operation without a rule (an ``exp``, a ``sqrt``, a norm computed by hand) is
+*uncovered*: the reward crossing it is shaped by its derivative, which no LFP rule asked for.
+
+`CoverageCheck` is a rule map that watches for uncovered operations while the model runs: it
+warns once (or, when strict, raises) listing every uncovered operation the forward used, as
+soon as the backward pass reaches the first of them, so that the whole forward is known; the
+step that raises changes nothing. Operations whose output needs no gradient (shape queries,
+comparisons, ``argmax``) and operations on constants are ignored: no reward crosses them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .base import Rule, TorchFunction, Trace, is_inplace_call
+
+GRADIENT_OPERATIONS: frozenset[str] = frozenset(
+    {
+        # reshapes and views
+        "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose",
+        "transpose_", "t", "swapaxes", "swapdims", "movedim", "moveaxis", "contiguous", "clone",
+        "expand", "expand_as", "squeeze", "squeeze_", "unsqueeze", "unsqueeze_", "flip", "roll",
+        "narrow", "unfold", "as_strided", "__get__",
+        # copies and casts
+        "to", "type", "type_as", "float", "double", "half", "bfloat16", "detach", "repeat", "tile",
+        "repeat_interleave",
+        # selection
+        "__getitem__", "__setitem__", "select", "index_select", "gather", "take_along_dim",
+        "masked_fill", "masked_fill_", "where", "embedding",
+        # joining and splitting
+        "cat", "concat", "concatenate", "stack", "hstack", "vstack", "split", "split_with_sizes",
+        "chunk", "unbind", "tensor_split",
+        # padding and pixel rearrangement
+        "pad", "pixel_shuffle", "pixel_unshuffle",
+        # winner takes all
+        "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
+        "max_pool3d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+        "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices",
+        "adaptive_max_pool3d_with_indices", "max", "amax",
+        # sign
+        "neg", "negative", "__neg__",
+    }
+)  # fmt: skip
+"""Names of torch functions through which LFP moves reward as a gradient would, by design."""
+
+UNCOVERED_EXAMPLES = 10
+"""How many uncovered operations a warning or an error spells out before summarising the rest."""
+
+
+def operation_name(func: TorchFunction) -> str:
+    """A readable name for a torch function: ``conv2d``, ``Tensor.mul``, ``scaled_dot_product_attention``."""
+    name = getattr(func, "__name__", None) or repr(func)
+    owner = getattr(func, "__objclass__", None) or getattr(func, "__self__", None)
+    if owner is torch.Tensor or getattr(func, "__qualname__", "").startswith(("Tensor.", "TensorBase.")):
+        return f"Tensor.{name}"
+    return name
+
+
+def passes_reward(func: TorchFunction) -> bool:
+    """Whether ``func`` only moves, copies, selects or casts values (`GRADIENT_OPERATIONS`)."""
+    return getattr(func, "__name__", "") in GRADIENT_OPERATIONS
+
+
+def _tensors(values: Any) -> list[torch.Tensor]:
+    found = []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(item for item in value if isinstance(item, torch.Tensor))
+    return found
+
+
+def reads_gradient_tensors(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+    """Whether any tensor among the arguments requires a gradient (the call may be on the reward's path)."""
+    return any(tensor.requires_grad for tensor in _tensors((*args, *kwargs.values())))
+
+
+def output_requires_grad(output: Any) -> bool:
+    """Whether reward can flow back through ``output`` (a tensor, or a tuple/list of tensors)."""
+    return any(tensor.requires_grad for tensor in _tensors((output,)))
+
+
+def format_uncovered(counts: Mapping[str, int]) -> str:
+    """``"Tensor.exp (x2), sqrt"``: operation names with how often the forward called them."""
+    names = [f"{name} (x{count})" if count > 1 else name for name, count in counts.items()]
+    shown = ", ".join(names[:UNCOVERED_EXAMPLES])
+    if len(names) > UNCOVERED_EXAMPLES:
+        shown += f" and {len(names) - UNCOVERED_EXAMPLES} more"
+    return shown
+
+
+class UncoveredOperationError(RuntimeError):
+    """An operation on the reward's path has no LFP rule (raised by a strict optimizer)."""
+
+
+class UncoveredOperationWarning(UserWarning):
+    """An operation on the reward's path has no LFP rule; its gradient moves the reward."""
+
+
+class _Report:
+    """Autograd node pre-hook: report the uncovered operations once the backward pass reaches one."""
+
+    __slots__ = ("check",)
+
+    def __init__(self, check: CoverageCheck) -> None:
+        self.check = check
+
+    def __call__(self, grad_outputs: tuple[torch.Tensor | None, ...]) -> None:
+        self.check.report()
+
+
+class _Probe:
+    """The rule `CoverageCheck` hands out for a function that has none: runs it and notes it."""
+
+    name = "none"
+
+    def __init__(self, check: CoverageCheck) -> None:
+        self.check = check
+
+    def __call__(self, trace: Trace, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not reads_gradient_tensors(args, kwargs):
+            return func(*args, **kwargs)
+        inplace = is_inplace_call(func, kwargs)
+        if inplace:
+            trace.consume(args, kwargs, inplace=True)
+        output = func(*args, **kwargs)
+        if output_requires_grad(output):
+            if not inplace:
+                trace.consume(args, kwargs, inplace=False)
+            self.check.found(func, output)
+        return output
+
+
+class CoverageCheck(dict):
+    """A rule map that reports the operations on the reward's path that have no rule.
+
+    It holds the same rules as the map it was built from; the engine's ``rules.get(func)`` also
+    hands out a probe for functions that have no rule and are not in `GRADIENT_OPERATIONS`.
+    The probe runs the function unchanged and notes it if it read a tensor that requires a
+    gradient and produced one. When the backward pass reaches a noted operation, all of them are
+    reported: `UncoveredOperationError` if ``strict``, else one `UncoveredOperationWarning`,
+    after which the check stops probing.
+
+    Args:
+        rules: the rule map to check.
+        strict: raise instead of warning.
+        describe: names the rule map in messages (``"preset 'vit'"``).
+    """
+
+    def __init__(self, rules: Mapping[TorchFunction, Rule], *, strict: bool = False, describe: str = "") -> None:
+        super().__init__(rules)
+        self.strict = strict
+        self.describe = describe or "these rules"
+        self.uncovered: dict[str, int] = {}
+        self.reported = False
+        self._probe = _Probe(self)
+        self._verdicts: dict[Any, Rule | None] = {}
+
+    def get(self, func: TorchFunction, default: Any = None) -> Any:  # type: ignore[override]
+        """The rule for ``func``; a probe if it has none and may be uncovered; else ``default``."""
+        rule = super().get(func)
+        if rule is not None:
+            return rule
+        if self.reported and not self.strict:
+            return default
+        try:
+            verdict = self._verdicts.get(func, self)
+        except TypeError:  # an unhashable callable
+            return default if passes_reward(func) else self._probe
+        if verdict is self:
+            verdict = None if passes_reward(func) else self._probe
+            self._verdicts[func] = verdict
+        return default if verdict is None else verdict
+
+    def found(self, func: TorchFunction, output: Any) -> None:
+        """Note that ``func`` produced ``output`` with no rule; report when the backward reaches it."""
+        name = operation_name(func)
+        self.uncovered[name] = self.uncovered.get(name, 0) + 1
+        for tensor in _tensors((output,)):
+            if tensor.grad_fn is not None:
+                tensor.grad_fn.register_prehook(_Report(self))
+
+    def message(self) -> str:
+        """What the error or the warning says."""
+        return (
+            f"{len(self.uncovered)} operation(s) on the reward's path have no LFP rule under {self.describe}, "
+            f"so reward crosses them as a gradient would: {format_uncovered(self.uncovered)}. "
+            "lfpoptim.explain(model, inputs) shows where they are; choose another preset, add rules for them "
+            "(rules=...), or pass strict=False to train anyway"
+        )
+
+    def report(self) -> None:
+        """Raise or warn about the uncovered operations noted so far (once per forward)."""
+        if not self.uncovered or (self.reported and not self.strict):
+            return
+        message = self.message()
+        self.uncovered = {}
+        if self.strict:
+            raise UncoveredOperationError(message)
+        self.reported = True
+        warnings.warn(message, UncoveredOperationWarning, stacklevel=2)

@@ -1,0 +1,294 @@
+r"""Products of two signals: gating, the bilinear products of attention, and layer scale.
+
+For \(y = a \odot b\) (or \(y = a\,b\), a matrix product) with both factors computed from the
+input, the reward is split evenly between the factors: the *uniform rule* of AttnLRP (Achtibat et
+al., ICML 2024, Proposition 3.2), \(R_a = R_b = \tfrac12 R_y\) in aggregate. In the gradient
+formulation (\(g_x = R_x / x\)) that is plain backpropagation with both factors' gradients
+halved: \(a \odot \partial y / \partial a\, g_y\) already carries all of \(R_y\) to \(a\)
+(a product is homogeneous of degree one in each factor), and the other factor likewise, so plain
+gradients would double the reward. The halving is lxt's ``divide_gradient`` on each factor.
+
+Squeeze-and-excitation gates (\(x \odot \sigma(s)\)), gated MLPs and attention's
+\(q k^\top\) and \(A v\) get this rule. Three other cases are not products of two signals:
+
+- a factor is a *parameter* (layer scale \(\gamma \odot x\), ResMLP's affine map): the operation
+  is a layer with parameters, linear in its input, and gets the epsilon rule;
+- a factor is a constant (a Python number, a tensor that needs no gradient such as a drop-path
+  mask): the operation is linear and homogeneous in the other factor, so its gradient moves the
+  reward unchanged;
+- both factors are parameters: no input reaches the product, nothing to propagate.
+
+A tensor counts as a parameter when it is an ``nn.Parameter`` or is computed from one through
+reshapes, views, indexing or casts only (``gamma.reshape(1, -1, 1, 1)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from ._lxt import divide_gradient
+from torch import nn
+
+from .base import TorchFunction, Trace, is_inplace_call
+
+ProductKind = Literal["uniform", "parameter", "constant"]
+
+_PARAMETER_VIEWS = frozenset(
+    {
+        "ViewBackward0",
+        "ReshapeAliasBackward0",
+        "UnsafeViewBackward0",
+        "ExpandBackward0",
+        "PermuteBackward0",
+        "TransposeBackward0",
+        "TBackward0",
+        "UnsqueezeBackward0",
+        "SqueezeBackward0",
+        "SqueezeBackward1",
+        "SqueezeBackward2",
+        "SqueezeBackward3",
+        "ToCopyBackward0",
+        "CloneBackward0",
+        "SliceBackward0",
+        "SelectBackward0",
+        "IndexBackward0",
+    }
+)
+"""Autograd nodes that only rearrange or cast a tensor: a parameter seen through them is still one."""
+
+_MAX_VIEW_CHAIN = 8
+
+
+def is_parameter_like(tensor: Any) -> bool:
+    """Whether ``tensor`` is an ``nn.Parameter``, or one seen through reshapes, indexing and casts."""
+    if not isinstance(tensor, torch.Tensor) or not tensor.requires_grad:
+        return False
+    node = tensor.grad_fn
+    if node is None:
+        return isinstance(tensor, nn.Parameter)
+    for _ in range(_MAX_VIEW_CHAIN):
+        name = node.name()
+        if name == "torch::autograd::AccumulateGrad":
+            return isinstance(node.variable, nn.Parameter)
+        if name not in _PARAMETER_VIEWS:
+            return False
+        parents = [parent for parent, _ in node.next_functions if parent is not None]
+        if len(parents) != 1:
+            return False
+        node = parents[0]
+    return False
+
+
+def _is_signal(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.requires_grad and not is_parameter_like(value)
+
+
+def product_kind(first: Any, second: Any) -> ProductKind:
+    """Which rule a product of ``first`` and ``second`` gets (see the module's description)."""
+    signals = _is_signal(first) + _is_signal(second)
+    if signals == 2:
+        return "uniform"
+    parameters = is_parameter_like(first) + is_parameter_like(second)
+    if signals == 1 and parameters == 1:
+        return "parameter"
+    return "constant"
+
+
+class _GradientScale:
+    """Autograd node pre-hook: multiplies the gradient arriving at output ``output_nr`` by ``factor``."""
+
+    __slots__ = ("factor", "output_nr")
+
+    def __init__(self, factor: float, output_nr: int) -> None:
+        self.factor = factor
+        self.output_nr = output_nr
+
+    def __call__(self, grad_outputs: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...] | None:
+        grad = grad_outputs[self.output_nr]
+        if grad is None:
+            return None
+        scaled = list(grad_outputs)
+        scaled[self.output_nr] = grad * self.factor
+        return tuple(scaled)
+
+
+def scale_gradient_at(output: torch.Tensor, factor: float) -> None:
+    """Scale the gradient arriving at ``output`` by ``factor``, on its autograd node.
+
+    Used for in-place products (``a.mul_(b)``, ``a *= b``): lxt's ``divide_gradient`` returns a view
+    of its input, which autograd forbids modifying in place, so the factor ``a`` cannot be wrapped.
+    Scaling at the product's own node halves both factors' gradients just the same and survives
+    later in-place operations on ``output``.
+    """
+    if output.grad_fn is not None:
+        output.grad_fn.register_prehook(_GradientScale(factor, output.output_nr))
+
+
+def _operands(args: tuple[Any, ...], kwargs: dict[str, Any], names: tuple[str, ...]) -> tuple[Any, Any]:
+    first = args[0] if args else kwargs.get("input")
+    if len(args) > 1:
+        return first, args[1]
+    for name in names:
+        if name in kwargs:
+            return first, kwargs[name]
+    return first, None
+
+
+def _with_operands(
+    args: tuple[Any, ...], kwargs: dict[str, Any], names: tuple[str, ...], first: Any, second: Any
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``args``/``kwargs`` with the two operands replaced, wherever they were passed."""
+    if args and len(args) > 1:
+        return (first, second, *args[2:]), kwargs
+    kwargs = dict(kwargs)
+    for name in names:
+        if name in kwargs:
+            kwargs[name] = second
+    if args:
+        return (first, *args[1:]), kwargs
+    kwargs["input"] = first
+    return args, kwargs
+
+
+@dataclass(frozen=True)
+class ProductRule:
+    r"""Element-wise and matrix products of two tensors (``a * b``, ``a @ b``, ``torch.bmm``).
+
+    Two signals: the uniform rule, \(R_a = R_b = \tfrac12 R\). A signal and a parameter: the
+    epsilon rule. A constant factor: the gradient (exact, the product is linear in the signal).
+
+    Attributes:
+        epsilon: ε of the epsilon rule for products with a parameter (layer scale).
+        name: how `lfpoptim.explain` calls the rule.
+    """
+
+    epsilon: float = 1e-6
+    name: str = "product"
+
+    _OTHER = ("other", "mat2")
+
+    def describe(self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The rule this call gets: ``uniform``, ``epsilon`` (with a parameter) or ``constant``."""
+        kind = product_kind(*_operands(args, kwargs, self._OTHER))
+        return _KIND_NAMES[kind].format(epsilon=self.epsilon)
+
+    def __call__(self, trace: Trace, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        first, second = _operands(args, kwargs, self._OTHER)
+        kind = product_kind(first, second)
+        inplace = is_inplace_call(func, kwargs)
+        trace.consume(args, kwargs, inplace=inplace)
+        if kind == "uniform":
+            if inplace:
+                output = func(*args, **kwargs)
+                scale_gradient_at(output, 0.5)
+                return output
+            args, kwargs = _with_operands(
+                args, kwargs, self._OTHER, divide_gradient(first, 2), divide_gradient(second, 2)
+            )
+            return func(*args, **kwargs)
+        output = func(*args, **kwargs)
+        if kind == "parameter" and isinstance(output, torch.Tensor) and output.requires_grad:
+            trace.mark_stabilised(output, self.epsilon)
+        return output
+
+
+@dataclass(frozen=True)
+class DivisionRule:
+    r"""Division ``a / b``.
+
+    By a constant: the gradient (linear in ``a``). By a parameter: the epsilon rule (a layer).
+    By a signal: the uniform rule of the reference implementation, \(R_a = R_b = \tfrac12 R\).
+    In the gradient formulation \(a \cdot \partial y / \partial a \cdot g = R\) but
+    \(b \cdot \partial y / \partial b \cdot g = -R\), so the gradient reaching ``b`` is halved and
+    its sign flipped (lxt's ``divide_gradient`` with factor \(-2\)).
+
+    Attributes:
+        epsilon: ε of the epsilon rule for a division by a parameter.
+        name: how `lfpoptim.explain` calls the rule.
+    """
+
+    epsilon: float = 1e-6
+    name: str = "division"
+
+    _OTHER = ("other",)
+
+    def describe(self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The rule this call gets."""
+        first, second = _operands(args, kwargs, self._OTHER)
+        if _is_signal(second):
+            return "uniform (AttnLRP)" if _is_signal(first) else "uniform (denominator only)"
+        return _KIND_NAMES[product_kind(first, second)].format(epsilon=self.epsilon)
+
+    def __call__(self, trace: Trace, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        first, second = _operands(args, kwargs, self._OTHER)
+        inplace = is_inplace_call(func, kwargs)
+        trace.consume(args, kwargs, inplace=inplace)
+        if _is_signal(second):
+            signals = 1 + _is_signal(first)
+            if inplace:
+                args, kwargs = _with_operands(args, kwargs, self._OTHER, first, divide_gradient(second, -1))
+                output = func(*args, **kwargs)
+                scale_gradient_at(output, 1.0 / signals)
+                return output
+            if signals == 2:
+                first = divide_gradient(first, 2)
+            args, kwargs = _with_operands(args, kwargs, self._OTHER, first, divide_gradient(second, -signals))
+            return func(*args, **kwargs)
+        output = func(*args, **kwargs)
+        if product_kind(first, second) == "parameter" and isinstance(output, torch.Tensor) and output.requires_grad:
+            trace.mark_stabilised(output, self.epsilon)
+        return output
+
+
+@dataclass(frozen=True)
+class AddcmulRule:
+    r"""``torch.addcmul(c, a, b, value=v)`` \(= c + v\,a \odot b\), ResMLP's affine map.
+
+    A sum, so its output gets the epsilon rule; the product inside it splits its share of reward
+    uniformly when ``a`` and ``b`` are both signals.
+
+    Attributes:
+        epsilon: ε of the epsilon rule on the sum.
+        name: how `lfpoptim.explain` calls the rule.
+    """
+
+    epsilon: float = 1e-6
+    name: str = "addcmul"
+
+    def describe(self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The rule this call gets."""
+        first, second = self._factors(args, kwargs)
+        inner = "uniform product, " if product_kind(first, second) == "uniform" else ""
+        return f"{inner}epsilon(ε={self.epsilon:g})"
+
+    _POSITIONS = ((1, "tensor1"), (2, "tensor2"))
+
+    @classmethod
+    def _factors(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        first, second = (args[i] if len(args) > i else kwargs.get(name) for i, name in cls._POSITIONS)
+        return first, second
+
+    def __call__(self, trace: Trace, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        trace.consume(args, kwargs, inplace=is_inplace_call(func, kwargs))
+        if product_kind(*self._factors(args, kwargs)) == "uniform":
+            # the factors are only read, never written, so wrapping them is safe even for addcmul_
+            args, kwargs = list(args), dict(kwargs)
+            for position, name in self._POSITIONS:
+                if len(args) > position:
+                    args[position] = divide_gradient(args[position], 2)
+                else:
+                    kwargs[name] = divide_gradient(kwargs[name], 2)
+            args = tuple(args)
+        output = func(*args, **kwargs)
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            trace.mark_stabilised(output, self.epsilon)
+        return output
+
+
+_KIND_NAMES: dict[ProductKind, str] = {
+    "uniform": "uniform (AttnLRP)",
+    "parameter": "epsilon(ε={epsilon:g}) (a parameter factor)",
+    "constant": "gradient (a constant factor)",
+}

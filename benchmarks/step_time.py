@@ -123,6 +123,18 @@ def resnet18() -> nn.Module:
     return timm.create_model("resnet18", pretrained=False, num_classes=NUM_CLASSES)
 
 
+def vit_tiny() -> nn.Module:
+    """timm's ViT-Tiny on 32x32 inputs with 4x4 patches (64 tokens and a class token), 10-class head."""
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=NUM_CLASSES, img_size=32, patch_size=4
+    )
+
+
+def convnext_atto() -> nn.Module:
+    """timm's ConvNeXt-Atto (depthwise 7x7 convolutions, LayerNorm2d, GELU, layer scale), 10-class head."""
+    return timm.create_model("convnext_atto", pretrained=False, num_classes=NUM_CLASSES)
+
+
 CONFIGS: dict[str, Config] = {
     config.name: config
     for config in (
@@ -130,6 +142,8 @@ CONFIGS: dict[str, Config] = {
         Config("lenet", lenet, 64, (1, 28, 28)),
         Config("vgg", vgg, 64, (3, 32, 32)),
         Config("resnet18", resnet18, 64, (3, 32, 32)),
+        Config("vit_tiny", vit_tiny, 64, (3, 32, 32)),
+        Config("convnext_atto", convnext_atto, 64, (3, 32, 32)),
     )
 }
 

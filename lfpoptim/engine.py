@@ -19,12 +19,11 @@ as BatchNorm's running statistics) is restored if anything fails before the feed
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
-
 import math
 import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -290,6 +289,7 @@ def lfp_pass(
     rules: RuleMap,
     reduction: FeedbackReduction = "mean",
     with_input_reward: bool = False,
+    batch_dim: int = 0,
 ) -> LFPPass:
     """Run one LFP pass and return the raw per-parameter feedback factors.
 
@@ -308,6 +308,8 @@ def lfp_pass(
             and ``"normalized"`` divide it by the batch size (the per-tensor normalisation of
             ``"normalized"`` is applied later, by `lfpoptim.functional.weight_scale_`).
         with_input_reward: also return the reward that reaches ``inputs`` (a tensor).
+        batch_dim: the batch dimension of the outputs, which ``"mean"`` and ``"normalized"``
+            average over (1 for time-major outputs such as a spiking network's (T, B, C)).
     """
     buffers = list(model.buffers())
     saved_buffers = [buffer.detach().clone() for buffer in buffers]
@@ -328,7 +330,7 @@ def lfp_pass(
             trace.clear()
         with torch.no_grad():
             reward = check_reward(reward_fn(outputs.detach(), targets), outputs)
-            batch = 1 if reduction == "sum" else outputs.shape[0]
+            batch = 1 if reduction == "sum" else outputs.shape[batch_dim]
             seed = _seed(start.detach(), reward, start_epsilon, batch)
         wrt = [*params, inputs] if with_input_reward else list(params)
         grads = list(torch.autograd.grad(start, wrt, seed, allow_unused=True, materialize_grads=True))

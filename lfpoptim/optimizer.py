@@ -11,17 +11,40 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args, overload
 
 import torch
 from torch import nn
 
 from .analysis import warn_zero_parameters
 from .base_optimizer import BaseOptimizer, WrappedOptimizer, build_base_optimizer
-from .engine import FeedbackReduction, RewardFunction, lfp_pass
+from .distributed import FeedbackSum, broadcast_buffers_, default_process_group, unwrap_model
+from .engine import FeedbackReduction, LFPPass, RewardFunction, lfp_pass
 from .functional import weight_scale_
 from .presets import AUTO, Preset, resolve_rules
 from .rules import DropoutMode, RuleMap
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+HALF_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _reward_in_float32(reward_fn: RewardFunction) -> RewardFunction:
+    r"""``reward_fn``, computed in float32 (outside autocast) when the outputs are float16 or bfloat16.
+
+    Under ``torch.autocast`` the logits come out in half precision; a reward such as
+    \(y \odot (t - \operatorname{softmax}(y))\) would then lose most of its digits where
+    \(t - \operatorname{softmax}(y)\) is small. The engine casts the result back to the outputs' dtype.
+    """
+
+    def reward(outputs: torch.Tensor, targets: Any) -> torch.Tensor:
+        if outputs.dtype not in HALF_PRECISION:
+            return reward_fn(outputs, targets)
+        with torch.autocast(outputs.device.type, enabled=False):
+            return reward_fn(outputs.float(), targets)
+
+    return reward
 
 
 @dataclass
@@ -133,45 +156,152 @@ class LFPOptimizer(WrappedOptimizer):
     def _trainable(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
 
-    def step(self, inputs: Any, targets: Any = None) -> LFPStepResult:  # type: ignore[override]
-        """One LFP training step on a batch.
+    process_group: ProcessGroup | Literal["auto"] | None = "auto"
+    """The process group feedback is summed over before each step.
+
+    ``"auto"`` (the default): a ``DistributedDataParallel`` model's own group, or the world group
+    for any other model once ``torch.distributed`` is initialised (nothing in a single process).
+    ``None`` keeps each process's feedback to itself; a group of one's own is used as given.
+    """
+
+    _accumulated: FeedbackSum | None = None
+
+    @overload  # type: ignore[override]
+    def step(self, inputs: None = None, targets: None = None) -> None: ...
+
+    @overload
+    def step(self, inputs: Any, targets: Any = None) -> LFPStepResult: ...
+
+    def step(self, inputs: Any = None, targets: Any = None) -> LFPStepResult | None:
+        """One LFP training step: on a batch, on accumulated micro-batches, or on both.
+
+        ``step(inputs, targets)`` trains on one batch. After `accumulate` calls, ``step()`` applies
+        the feedback summed over those micro-batches, and ``step(inputs, targets)`` adds a last
+        micro-batch first. In a process group (a ``DistributedDataParallel`` model, or any model
+        once ``torch.distributed`` is initialised, see `process_group`) the feedback is summed
+        over all processes by one all-reduce (`lfpoptim.distributed`), so every rank makes the
+        update of one step on the concatenated global batch; every rank must call ``step``.
 
         Args:
-            inputs: passed to the model as ``model(inputs)``.
+            inputs: passed to the model as ``model(inputs)``; ``None`` to step on accumulated
+                feedback only.
             targets: passed to the reward as ``reward_fn(outputs, targets)``.
 
         Returns:
-            the outputs and the reward, for logging.
+            the outputs and the reward of ``inputs``, for logging; ``None`` without inputs.
 
         If anything raises (the forward, the reward, a NaN reward, the backward), the model, the
         parameters, their ``.grad`` and the optimizer state are left as they were.
         """
-        params = self._trainable()
-        result = lfp_pass(
-            self.model, inputs, targets, self.reward_fn, params, rules=self.rules, reduction=self.feedback_reduction
-        )
-        weight_scale_(result.grads, params, sign=-1.0, normalize=self.feedback_reduction == "normalized")
-        for param, grad in zip(params, result.grads, strict=True):
+        group = self._feedback_group()
+        if inputs is None and self._accumulated is None:
+            raise RuntimeError(
+                "step() without inputs applies the feedback of accumulate(inputs, targets) calls, but nothing "
+                "was accumulated since the last step; call step(inputs, targets) to train on a batch"
+            )
+        result: LFPStepResult | None = None
+        if self._accumulated is None and group is None:  # one batch, one process: the pass averages itself
+            params = self._trainable()
+            single = self._lfp_pass(inputs, targets, params, self.feedback_reduction)
+            grads = single.grads
+            result = LFPStepResult(outputs=single.outputs, reward=single.reward)
+        else:
+            if inputs is not None:
+                result = self.accumulate(inputs, targets)
+            accumulated = self._accumulated
+            assert accumulated is not None
+            if group is not None:
+                accumulated.all_reduce_(group)
+            self._accumulated = None
+            params = accumulated.params
+            grads = accumulated.feedback_factors(mean=self.feedback_reduction != "sum")
+        weight_scale_(grads, params, sign=-1.0, normalize=self.feedback_reduction == "normalized")
+        for param, grad in zip(params, grads, strict=True):
             param.grad = grad
         if self.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
         self.base.step()
+        return result
+
+    def accumulate(self, inputs: Any, targets: Any = None) -> LFPStepResult:
+        r"""Add one micro-batch's feedback to the sum that the next `step` applies.
+
+        ``accumulate(x1, y1); accumulate(x2, y2); step()`` makes the update of
+        ``step(cat([x1, x2]), cat([y1, y2]))``, for every ``feedback_reduction``: the raw factors
+        \(J_\theta^\top n\) are summed over samples, and only at the step divided by the total
+        number of samples (for ``"mean"`` and ``"normalized"``) and multiplied by \(|\theta|\).
+        Parameters, ``.grad`` and the optimizer state stay untouched until then, and nothing is
+        communicated between processes: the step's one all-reduce covers every micro-batch.
+        `zero_grad` discards the sum. Memory: one feedback-sized sum, as ``.grad`` in a gradient
+        accumulation loop.
+
+        Args:
+            inputs: the micro-batch, passed to the model as ``model(inputs)``.
+            targets: passed to the reward as ``reward_fn(outputs, targets)``.
+
+        Returns:
+            the micro-batch's outputs and reward, for logging.
+        """
+        params = self._trainable()
+        if self._accumulated is None:  # the step's first forward
+            self._broadcast_ddp_buffers()
+        result = self._lfp_pass(inputs, targets, params, "sum")
+        samples = result.outputs.shape[self._batch_dim()]
+        if self._accumulated is None:
+            self._accumulated = FeedbackSum(params, result.grads, samples)
+        else:
+            self._accumulated.add_(params, result.grads, samples)
         return LFPStepResult(outputs=result.outputs, reward=result.reward)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset ``.grad`` as ``torch.optim.Optimizer.zero_grad`` does, and discard accumulated feedback."""
+        self._accumulated = None
+        super().zero_grad(set_to_none)
+
+    def _feedback_group(self) -> ProcessGroup | None:
+        if isinstance(self.process_group, str):
+            return default_process_group(self.model)
+        return self.process_group
+
+    def _broadcast_ddp_buffers(self) -> None:
+        """As ``DistributedDataParallel(broadcast_buffers=True)`` does before a forward: rank 0's buffers everywhere."""
+        ddp = unwrap_model(self.model).ddp
+        group = self._feedback_group()
+        if ddp is not None and ddp.broadcast_buffers and group is not None:
+            broadcast_buffers_(ddp.module, group)
+
+    def _lfp_pass(self, inputs: Any, targets: Any, params: list[torch.Tensor], reduction: FeedbackReduction) -> LFPPass:
+        """One LFP pass on the model inside any DDP or ``torch.compile`` wrapper (see `unwrap_model`)."""
+        module = unwrap_model(self.model).module
+        reward_fn = _reward_in_float32(self.reward_fn)
+        return lfp_pass(
+            module,
+            inputs,
+            targets,
+            reward_fn,
+            params,
+            rules=self.rules,
+            reduction=reduction,
+            batch_dim=self._batch_dim(),
+        )
+
+    def _batch_dim(self) -> int:
+        """The outputs' batch dimension: the model's ``batch_dim`` (1 for time-major spiking models), else 0."""
+        return getattr(unwrap_model(self.model).module, "batch_dim", 0)
 
     def feedback(self, inputs: Any, targets: Any = None) -> dict[str, torch.Tensor]:
         r"""The feedback \(F_\theta\) of every trainable parameter of the model, by name.
 
         Computed with this optimizer's settings (ε, reduction, dropout), changing nothing: not
         the parameters, not their ``.grad``, not the optimizer state, not the model's buffers.
-        Note that a model in ``train()`` mode still draws new dropout masks.
+        Note that a model in ``train()`` mode still draws new dropout masks. In a process group
+        it is this process's feedback: nothing is communicated.
         """
         named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
         buffers = [buffer.detach().clone() for buffer in self.model.buffers()]
         try:
-            result = lfp_pass(
-                self.model, inputs, targets, self.reward_fn, params, rules=self.rules, reduction=self.feedback_reduction
-            )
+            result = self._lfp_pass(inputs, targets, params, self.feedback_reduction)
         finally:
             with torch.no_grad():
                 for buffer, saved in zip(self.model.buffers(), buffers, strict=True):

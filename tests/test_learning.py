@@ -64,4 +64,4 @@ def test_heaviside_net_learns_under_lfp_while_its_gradient_is_zero():
     before = model[0].weight.detach().clone()
     accuracy_after = train(model, opt, epochs=6)
     assert not torch.equal(model[0].weight, before)
-    assert accuracy_after > 0.8
+    assert accuracy_after > 0.7  # chance is 0.1

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..rules import CoverageCheck, DropoutMode, RuleMap
-from . import default, regression, resnet, vit  # noqa: F401 (registers the built-in presets)
+from . import default, regression, resnet, snn, vit  # noqa: F401 (registers the built-in presets)
 from .registry import (
     AUTO,
     ENTRY_POINT_GROUP,

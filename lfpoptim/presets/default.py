@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..rules import DropoutMode, RuleMap, default_rules, interaction_rules
+from ..rules import DropoutMode, RuleMap, default_rules, extended_rules
 from .registry import register_preset
 
 
@@ -11,9 +11,9 @@ def default(epsilon: float = 1e-6, dropout: DropoutMode = "reference") -> RuleMa
     """Epsilon rule on layers, pooling and sums; identity on activations; AttnLRP on products and softmax.
 
     `lfpoptim.rules.default_rules` (the method of ``docs/concepts.md``) plus
-    `lfpoptim.rules.interaction_rules`, which only matter where the model multiplies two signals
+    `lfpoptim.rules.extended_rules`, which only matter where the model multiplies two signals
     (gates, attention) or scales by a parameter (layer scale).
     """
     rules = default_rules(epsilon, dropout)
-    rules.update(interaction_rules(epsilon, dropout))
+    rules.update(extended_rules(epsilon, dropout))
     return rules

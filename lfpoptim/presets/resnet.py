@@ -29,12 +29,12 @@ RESNET_ARCHITECTURES = (
 
 @register_preset("resnet", epsilon=1e-6, architectures=RESNET_ARCHITECTURES)
 def resnet(epsilon: float = 1e-6, dropout: DropoutMode = "reference") -> RuleMap:
-    """The reference's ResNet rules: epsilon on convolutions, BatchNorm, pooling and residual sums.
+    r"""The reference's ResNet rules: epsilon on convolutions, BatchNorm, pooling and residual sums.
 
     The reference implementation needs a hand-written ``Sum`` module for residual connections;
     here the epsilon rule sees every ``+`` (timm's in-place ``x += shortcut`` included), so the
     rules are those of ``default``. In eval mode and as ε → 0 the feedback of these networks is
-    exactly the weight-scaled gradient \\(-|\\theta| \\odot \\partial L / \\partial \\theta\\) of the
+    exactly the weight-scaled gradient \(-|\theta| \odot \partial L / \partial \theta\) of the
     summed cross-entropy (with `lfpoptim.rewards.SoftmaxLossReward`), which the timm coverage
     tests check.
     """

@@ -2,7 +2,7 @@ r"""The ``vit`` preset: AttnLRP for vision transformers, with the reference's ε
 
 from __future__ import annotations
 
-from ..rules import ADDITION_FUNCTIONS, DropoutMode, EpsilonRule, RuleMap, default_rules, interaction_rules
+from ..rules import ADDITION_FUNCTIONS, DropoutMode, EpsilonRule, RuleMap, default_rules, extended_rules
 from .registry import register_preset
 
 VIT_EPSILON = 1.0
@@ -45,6 +45,6 @@ def vit(epsilon: float = VIT_EPSILON, dropout: DropoutMode = "reference") -> Rul
     - Layer scale (a parameter factor): the epsilon rule with ``epsilon``.
     """
     rules = default_rules(epsilon, dropout)
-    rules.update(interaction_rules(epsilon, dropout, sum_epsilon=min(epsilon, SUM_EPSILON)))
+    rules.update(extended_rules(epsilon, dropout, sum_epsilon=min(epsilon, SUM_EPSILON)))
     rules.update(dict.fromkeys(ADDITION_FUNCTIONS, EpsilonRule(min(epsilon, SUM_EPSILON))))
     return rules

@@ -24,8 +24,10 @@ from .coverage import (
     passes_reward,
 )
 from .dropout import DropoutMode, DropoutRule
+from .elementwise import NormalizeRule, PowerRule
 from .epsilon import EpsilonRule, stabilise, stabiliser_ratio
-from .products import AddcmulRule, DivisionRule, ProductRule, is_parameter_like, product_kind
+from .gating import GateActivationRule
+from .products import AddcmulRule, DivisionRule, EinsumRule, ProductRule, is_parameter_like, product_kind
 
 RuleMap = dict[TorchFunction, Rule]
 
@@ -164,18 +166,39 @@ DIVISION_FUNCTIONS: tuple[TorchFunction, ...] = (
 
 ADDCMUL_FUNCTIONS: tuple[TorchFunction, ...] = (torch.addcmul, torch.Tensor.addcmul, torch.Tensor.addcmul_)
 
+EINSUM_FUNCTIONS: tuple[TorchFunction, ...] = (torch.einsum,)
+
+POWER_FUNCTIONS: tuple[TorchFunction, ...] = (torch.pow, torch.Tensor.pow, torch.Tensor.__pow__, torch.square)
+
+NORMALIZE_FUNCTIONS: tuple[TorchFunction, ...] = (F.normalize,)
+
+RESAMPLING_FUNCTIONS: tuple[TorchFunction, ...] = (F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear)
+"""Up- and down-sampling: weighted sums of the input with fixed weights, so the epsilon rule."""
+
 SOFTMAX_FUNCTIONS: tuple[TorchFunction, ...] = (F.softmax, torch.softmax, torch.Tensor.softmax)
 
 ATTENTION_FUNCTIONS: tuple[TorchFunction, ...] = (F.scaled_dot_product_attention,)
 
+# function -> position of its positional ``inplace`` argument
+GATE_FUNCTIONS: dict[TorchFunction, int | None] = {
+    F.sigmoid: None,
+    torch.sigmoid: None,
+    torch.Tensor.sigmoid: None,
+    F.hardsigmoid: 1,
+}
+"""Sigmoid-like activations (whose resting value is not 0) that may gate a signal, see `GateActivationRule`."""
 
-def interaction_rules(
+
+def extended_rules(
     epsilon: float = 1e-6, dropout: DropoutMode = "reference", sum_epsilon: float | None = None
 ) -> RuleMap:
-    """Rules for multiplicative interactions and sums over dimensions, to add to `default_rules`.
+    """Rules for what `default_rules` leaves to the gradient, to add to it: products, attention, and more.
 
-    Products and divisions (`ProductRule`, `DivisionRule`, `AddcmulRule`), softmax
-    (`SoftmaxRule`), fused attention (`ScaledDotProductAttentionRule`) and ``torch.sum``.
+    Products and divisions (`ProductRule`, `DivisionRule`, `AddcmulRule`, `EinsumRule`), gates
+    (`GateActivationRule`, replacing the identity rule of sigmoid-like activations), softmax
+    (`SoftmaxRule`), fused attention (`ScaledDotProductAttentionRule`), powers and
+    normalisation (`PowerRule`, `NormalizeRule`), resampling (``F.interpolate``, epsilon) and
+    ``torch.sum`` (epsilon).
 
     Args:
         epsilon: ε of the epsilon rule where a product has a parameter factor (layer scale).
@@ -189,6 +212,11 @@ def interaction_rules(
     rules.update(dict.fromkeys(PRODUCT_FUNCTIONS, ProductRule(epsilon)))
     rules.update(dict.fromkeys(DIVISION_FUNCTIONS, DivisionRule(epsilon)))
     rules.update(dict.fromkeys(ADDCMUL_FUNCTIONS, AddcmulRule(sum_epsilon)))
+    rules.update(dict.fromkeys(EINSUM_FUNCTIONS, EinsumRule(epsilon)))
+    rules.update(dict.fromkeys(POWER_FUNCTIONS, PowerRule()))
+    rules.update(dict.fromkeys(NORMALIZE_FUNCTIONS, NormalizeRule()))
+    rules.update(dict.fromkeys(RESAMPLING_FUNCTIONS, EpsilonRule(epsilon)))
+    rules.update({func: GateActivationRule(position) for func, position in GATE_FUNCTIONS.items()})
     rules.update(dict.fromkeys(SOFTMAX_FUNCTIONS, SoftmaxRule()))
     rules.update(dict.fromkeys(ATTENTION_FUNCTIONS, ScaledDotProductAttentionRule(dropout)))
     return rules
@@ -201,18 +229,27 @@ __all__ = [
     "ATTENTION_FUNCTIONS",
     "DIVISION_FUNCTIONS",
     "DROPOUT_FUNCTIONS",
+    "EINSUM_FUNCTIONS",
     "EPSILON_FUNCTIONS",
+    "GATE_FUNCTIONS",
     "GRADIENT_OPERATIONS",
+    "NORMALIZE_FUNCTIONS",
+    "POWER_FUNCTIONS",
     "PRODUCT_FUNCTIONS",
+    "RESAMPLING_FUNCTIONS",
     "SOFTMAX_FUNCTIONS",
     "SUM_FUNCTIONS",
     "AddcmulRule",
     "CoverageCheck",
     "DivisionRule",
     "DropoutRule",
+    "EinsumRule",
     "EpsilonRule",
     "FusionCell",
+    "GateActivationRule",
     "IdentityActivationRule",
+    "NormalizeRule",
+    "PowerRule",
     "ProductRule",
     "Rule",
     "RuleMap",
@@ -222,7 +259,7 @@ __all__ = [
     "UncoveredOperationError",
     "UncoveredOperationWarning",
     "default_rules",
-    "interaction_rules",
+    "extended_rules",
     "is_inplace_call",
     "is_parameter_like",
     "operation_name",

@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from ._lxt import divide_gradient
 
+from ._lxt import divide_gradient
 from .base import TorchFunction, Trace
 from .dropout import DropoutMode
 
@@ -62,7 +62,7 @@ class SoftmaxRule:
 
 @dataclass(frozen=True)
 class ScaledDotProductAttentionRule:
-    r"""AttnLRP for ``F.scaled_dot_product_attention``: gradients of \(q, k, v\) scaled by \(\tfrac14, \tfrac14, \tfrac12\).
+    r"""AttnLRP for ``F.scaled_dot_product_attention``: gradients of \(q, k, v\) times \(\tfrac14, \tfrac14, \tfrac12\).
 
     Attributes:
         dropout: how attention dropout treats reward, as in `DropoutRule`.
@@ -89,6 +89,7 @@ def _explicit_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
+    *,
     attn_mask: torch.Tensor | None,
     dropout_p: float,
     is_causal: bool,
@@ -107,10 +108,8 @@ def _explicit_attention(
         causal = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
         scores = scores.masked_fill(~causal, float("-inf"))
     if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attn_mask, float("-inf"))
-        else:
-            scores = scores + attn_mask
+        is_boolean = attn_mask.dtype == torch.bool
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if is_boolean else scores + attn_mask
     weights = F.dropout(scores.softmax(dim=-1), p=dropout_p, training=True)
     weights.register_hook(lambda grad: grad / (1.0 - dropout_p))
     return weights @ value

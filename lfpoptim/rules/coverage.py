@@ -48,6 +48,8 @@ GRADIENT_OPERATIONS: frozenset[str] = frozenset(
         "adaptive_max_pool3d_with_indices", "max", "amax",
         # sign
         "neg", "negative", "__neg__",
+        # norms: homogeneous of degree one, so x . grad f(x) = f(x) (Euler) and the gradient conserves reward
+        "norm", "vector_norm", "linalg_vector_norm",
     }
 )  # fmt: skip
 """Names of torch functions through which LFP moves reward as a gradient would, by design."""

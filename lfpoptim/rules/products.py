@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from ._lxt import divide_gradient
 from torch import nn
 
+from ._lxt import divide_gradient
 from .base import TorchFunction, Trace, is_inplace_call
+from .gating import is_gate, mark_gate
 
 ProductKind = Literal["uniform", "parameter", "constant"]
 
@@ -156,8 +157,10 @@ def _with_operands(
 class ProductRule:
     r"""Element-wise and matrix products of two tensors (``a * b``, ``a @ b``, ``torch.bmm``).
 
-    Two signals: the uniform rule, \(R_a = R_b = \tfrac12 R\). A signal and a parameter: the
-    epsilon rule. A constant factor: the gradient (exact, the product is linear in the signal).
+    Two signals: the uniform rule, \(R_a = R_b = \tfrac12 R\); a factor that is a sigmoid-like
+    activation's output is a gate and hands on only its share above its resting value
+    (`lfpoptim.rules.gating`). A signal and a parameter: the epsilon rule. A constant factor:
+    the gradient (exact, the product is linear in the signal).
 
     Attributes:
         epsilon: ε of the epsilon rule for products with a parameter (layer scale).
@@ -170,9 +173,11 @@ class ProductRule:
     _OTHER = ("other", "mat2")
 
     def describe(self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """The rule this call gets: ``uniform``, ``epsilon`` (with a parameter) or ``constant``."""
-        kind = product_kind(*_operands(args, kwargs, self._OTHER))
-        return _KIND_NAMES[kind].format(epsilon=self.epsilon)
+        """The rule this call gets: ``uniform`` (a gate's share from its rest), ``epsilon`` or ``gradient``."""
+        first, second = _operands(args, kwargs, self._OTHER)
+        kind = product_kind(first, second)
+        gate = ", a gate" if kind == "uniform" and (is_gate(first) or is_gate(second)) else ""
+        return _KIND_NAMES[kind].format(epsilon=self.epsilon) + gate
 
     def __call__(self, trace: Trace, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         first, second = _operands(args, kwargs, self._OTHER)
@@ -180,6 +185,8 @@ class ProductRule:
         inplace = is_inplace_call(func, kwargs)
         trace.consume(args, kwargs, inplace=inplace)
         if kind == "uniform":
+            mark_gate(first)
+            mark_gate(second)
             if inplace:
                 output = func(*args, **kwargs)
                 scale_gradient_at(output, 0.5)
@@ -283,6 +290,53 @@ class AddcmulRule:
             args = tuple(args)
         output = func(*args, **kwargs)
         if isinstance(output, torch.Tensor) and output.requires_grad:
+            trace.mark_stabilised(output, self.epsilon)
+        return output
+
+
+@dataclass(frozen=True)
+class EinsumRule:
+    r"""``torch.einsum(equation, *operands)``: a product of several tensors, multilinear in each.
+
+    With \(k \ge 2\) signals among the operands each signal receives \(R / k\) (the uniform
+    rule; its gradient divided by \(k\)); one signal with parameters: the epsilon rule; otherwise
+    the gradient.
+
+    Attributes:
+        epsilon: ε of the epsilon rule where one signal meets parameters.
+        name: how `lfpoptim.explain` calls the rule.
+    """
+
+    epsilon: float = 1e-6
+    name: str = "einsum"
+
+    @staticmethod
+    def _operands(args: tuple[Any, ...]) -> list[Any]:
+        operands = list(args[1:])
+        if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+            operands = list(operands[0])
+        return operands
+
+    def _kind(self, operands: list[Any]) -> tuple[int, bool]:
+        signals = sum(_is_signal(operand) for operand in operands)
+        return signals, any(is_parameter_like(operand) for operand in operands)
+
+    def describe(self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The rule this call gets."""
+        signals, parameters = self._kind(self._operands(args))
+        if signals >= 2:
+            return f"uniform over {signals} factors (AttnLRP)"
+        return _KIND_NAMES["parameter" if signals and parameters else "constant"].format(epsilon=self.epsilon)
+
+    def __call__(self, trace: Trace, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        trace.consume(args, kwargs, inplace=False)
+        operands = self._operands(args)
+        signals, parameters = self._kind(operands)
+        if signals >= 2:
+            operands = [divide_gradient(operand, signals) if _is_signal(operand) else operand for operand in operands]
+            return func(args[0], *operands, **kwargs)
+        output = func(*args, **kwargs)
+        if signals == 1 and parameters and isinstance(output, torch.Tensor) and output.requires_grad:
             trace.mark_stabilised(output, self.epsilon)
         return output
 

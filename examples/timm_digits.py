@@ -1,0 +1,127 @@
+"""Train a timm model on scikit-learn's digits with LFP: one line of lfpoptim, any timm architecture.
+
+The 8x8 digits are upsampled (bilinear) to ``--image-size`` pixels and repeated over three
+channels. ``timm.create_model(name, pretrained=..., num_classes=10)`` builds the model;
+``LFPOptimizer(model, SoftmaxLossReward())`` chooses the rules by the architecture name
+(``preset="auto"``: ``resnet`` for ResNets, VGGs, RegNets, ...; ``vit`` for vision transformers;
+``default`` otherwise). ``strict=True`` makes sure every operation of the model has a rule.
+
+Parameters that timm initialises to exactly zero (many biases; the last BatchNorm weight of every
+ResNet block) would never move under LFP, whose feedback is scaled by ``|theta|``: the script
+sets them to 1e-3 and says how many it changed. ``--pretrained`` loads timm's weights, which must
+be in the local Hugging Face cache when ``HF_HUB_OFFLINE=1``.
+
+    python examples/timm_digits.py                               # resnet18, 32x32, 5 epochs
+    python examples/timm_digits.py --model convnext_atto --epochs 3
+    python examples/timm_digits.py --model vit_tiny_patch16_224 --timm-kwargs img_size=32,patch_size=4
+    python examples/timm_digits.py --model resnet18 --pretrained --image-size 64
+    python examples/timm_digits.py --smoke                       # a few batches: checks that everything runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import time
+
+import timm
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from lfpoptim import LFPOptimizer, SoftmaxLossReward
+from lfpoptim.analysis import zero_parameters
+
+BATCH_SIZE = 64
+LEARNING_RATE = 0.01
+MOMENTUM = 0.9
+ZERO_REPLACEMENT = 1e-3
+
+
+def load_images(image_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Digits as 3-channel images of ``image_size`` pixels in [-1, 1], split 80/20 (stratified)."""
+    images, labels = load_digits(return_X_y=True)
+    train_x, test_x, train_y, test_y = train_test_split(images, labels, test_size=0.2, random_state=0, stratify=labels)
+
+    def to_images(array: object) -> torch.Tensor:
+        pixels = (torch.tensor(array, dtype=torch.float32) / 16.0 - 0.5) / 0.5
+        pixels = pixels.reshape(-1, 1, 8, 8).expand(-1, 3, -1, -1)
+        return F.interpolate(pixels, size=(image_size, image_size), mode="bilinear", align_corners=False)
+
+    return to_images(train_x), torch.tensor(train_y), to_images(test_x), torch.tensor(test_y)
+
+
+def parse_kwargs(text: str) -> dict[str, object]:
+    """``"img_size=32,patch_size=4"`` -> ``{"img_size": 32, "patch_size": 4}``."""
+    kwargs: dict[str, object] = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        kwargs[key.strip()] = ast.literal_eval(value.strip())
+    return kwargs
+
+
+def replace_zero_parameters(model: nn.Module) -> list[str]:
+    """Set all-zero trainable parameters to a small constant, so that LFP can move them."""
+    zeroed = set(zero_parameters(model))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in zeroed:
+                param.fill_(ZERO_REPLACEMENT)
+    return sorted(zeroed)
+
+
+def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        correct = sum(
+            int((model(inputs[i : i + 256]).argmax(dim=1) == labels[i : i + 256]).sum())
+            for i in range(0, len(inputs), 256)
+        )
+    model.train()
+    return correct / len(inputs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet18", help="a timm architecture name (default: resnet18)")
+    parser.add_argument("--pretrained", action="store_true", help="start from timm's pretrained weights")
+    parser.add_argument("--image-size", type=int, default=32, help="pixels the digits are upsampled to")
+    parser.add_argument("--timm-kwargs", type=parse_kwargs, default={}, help="e.g. img_size=32,patch_size=4")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=LEARNING_RATE)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="one epoch of 3 batches, to check that everything runs")
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    train_x, train_y, test_x, test_y = load_images(args.image_size)
+    model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=10, **args.timm_kwargs)
+    replaced = replace_zero_parameters(model)
+    print(
+        f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+        f"{len(replaced)} all-zero tensors set to {ZERO_REPLACEMENT:g}"
+    )
+    optimizer = LFPOptimizer(model, SoftmaxLossReward(), lr=args.lr, momentum=MOMENTUM, strict=True)
+    print(f"preset {optimizer.preset.name!r} (ε = {optimizer.epsilon:g})")
+
+    epochs, batches = (1, 3) if args.smoke else (args.epochs, None)
+    generator = torch.Generator().manual_seed(args.seed)
+    print("epoch  mean reward  test accuracy  seconds")
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        order = torch.randperm(len(train_x), generator=generator)
+        rewards = []
+        for number, start in enumerate(range(0, len(order), BATCH_SIZE)):
+            if batches is not None and number == batches:
+                break
+            chosen = order[start : start + BATCH_SIZE]
+            rewards.append(optimizer.step(train_x[chosen], train_y[chosen]).mean_reward)
+        seconds = time.perf_counter() - started
+        mean_reward = sum(rewards) / len(rewards)
+        print(f"{epoch:5d}  {mean_reward:11.4f}  {accuracy(model, test_x, test_y):13.3f}  {seconds:7.1f}")
+
+
+if __name__ == "__main__":
+    main()

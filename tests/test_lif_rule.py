@@ -136,7 +136,7 @@ def test_silent_correct_output_neuron_is_pushed_to_spike() -> None:
         model.network[0].layer.weight.uniform_(0.5, 1.0)
         model.network[1].layer.weight.uniform_(0.2, 0.4)
         model.network[1].layer.weight[0] = 0.01
-        model.network[1].layer.bias.zero_()
+        model.network[1].layer.bias.fill_(0.01)
     inputs = torch.rand(5, 6, 4) + 0.5
     targets = torch.zeros(6, dtype=torch.long)
     assert model(inputs)[..., 0].sum() == 0

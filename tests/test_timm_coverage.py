@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lfpoptim import LFPOptimizer, SoftmaxLossReward
+from lfpoptim import LFPOptimizer, SoftmaxLossReward, UncoveredOperationError
 from lfpoptim.analysis import zero_parameters
 
 BATCH = 8
@@ -60,8 +60,10 @@ class Family:
     kwargs: dict[str, Any] = field(default_factory=dict)
     input_size: int = 32
     learning_rate: float = 0.01
+    clip_norm: float | None = None
     relu_batchnorm_only: bool = False
     trained_in_ci: bool = True
+    known_failure: str | None = None
 
     def build(self, dtype: torch.dtype = torch.float32) -> nn.Module:
         torch.manual_seed(0)
@@ -122,18 +124,60 @@ EXTENDED_FAMILIES = [
     Family("hrnet_w18_small", "default"),
     Family("resmlp_12_224", "default", SMALL_VIT),
     Family("gmlp_ti16_224", "default", SMALL_VIT),
-    Family("cait_xxs24_224", "vit", SMALL_VIT),
+    # layer scale starts at 1e-5: SGD, too, needs lr 0.05 to halve the CE in 30 steps, and at that rate
+    # LFP's weight-scaled steps grow the head exponentially unless the feedback's norm is clipped
+    Family("cait_xxs24_224", "vit", SMALL_VIT, learning_rate=0.05, clip_norm=1.0),
     Family("xcit_nano_12_p16_224", "vit", SMALL_VIT),
     Family("pit_ti_224", "vit", SMALL_VIT),
     Family("eva02_tiny_patch14_224", "vit", SMALL_VIT),
     Family("levit_128s", "vit", SMALL_VIT),
     Family("mobilevit_xxs", "vit"),
-    Family("tiny_vit_5m_224", "vit", SMALL_VIT),
+    Family("tiny_vit_5m_224", "vit"),
     Family("coatnet_nano_rw_224", "default", SMALL_VIT),
     Family("maxvit_nano_rw_256", "default", SMALL_VIT),
+    Family("resnetv2_50", "resnet"),
+    Family("skresnet18", "resnet"),
+    Family("dpn48b", "resnet"),
+    Family("nf_resnet26", "default"),
+    Family("cspresnet50", "default"),
+    Family("res2net50_14w_8s", "default"),
+    Family("ese_vovnet19b_slim_dw", "default"),
+    Family("xception41", "default"),
+    Family("selecsls42b", "default"),
+    Family("lambda_resnet26t", "default"),
+    Family("botnet26t_256", "default", SMALL_VIT),
+    Family("focalnet_tiny_srf", "default"),
+    Family("gcvit_xxtiny", "default"),
+    Family("starnet_s050", "default"),
+    Family("mambaout_femto", "default"),
+    Family("convit_tiny", "default", SMALL_VIT),
+    Family("pvt_v2_b0", "vit"),
+    Family("visformer_tiny", "vit", SMALL_VIT),
+    Family("mvitv2_tiny", "vit", SMALL_VIT),
+    Family("davit_tiny", "vit"),
+    Family("hiera_tiny_224", "vit", SMALL_VIT),
+    Family(
+        "sequencer2d_s",
+        "default",
+        known_failure="nn.LSTM runs as one torch function, lstm, which no preset has a rule for",
+    ),
 ]
 
 ALL_FAMILIES = FAMILIES + EXTENDED_FAMILIES if EXTENDED else FAMILIES
+
+
+def trained(families: list[Family]) -> list[Any]:
+    """The families the training test runs, a known failure marked as expected to raise."""
+    return [
+        pytest.param(
+            family,
+            marks=pytest.mark.xfail(raises=UncoveredOperationError, strict=True, reason=family.known_failure),
+        )
+        if family.known_failure
+        else family
+        for family in families
+        if family.trained_in_ci
+    ]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -149,12 +193,18 @@ def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     return float(F.cross_entropy(outputs.float(), targets))
 
 
-@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES if f.trained_in_ci], ids=str)
+@pytest.mark.parametrize("family", trained(ALL_FAMILIES), ids=str)
 def test_lfp_trains_timm_family(family: Family) -> None:
     model = family.build().train()
     inputs, targets = family.batch()
     optimizer = LFPOptimizer(
-        model, SoftmaxLossReward(), lr=family.learning_rate, momentum=0.9, weight_decay=0.0, strict=True
+        model,
+        SoftmaxLossReward(),
+        lr=family.learning_rate,
+        momentum=0.9,
+        clip_norm=family.clip_norm,
+        weight_decay=0.0,
+        strict=True,
     )
     assert optimizer.preset is not None
     assert optimizer.preset.name == family.preset

@@ -3,9 +3,10 @@
 ``LFPOptimizer(model, reward, preset="auto")`` (the default) asks `select_preset` for the
 model's preset: timm's architecture name first (``model.pretrained_cfg["architecture"]``), then
 the module classes in the model (attention), else ``"default"``. An explicit name overrides the
-choice; `get_preset` raises `UnknownPresetError` listing the known names. The built-in presets
-are ``default``, ``resnet``, ``vit`` and ``regression``; `register_preset` adds more, and
-other distributions add theirs through the entry-point group ``lfpoptim.presets``.
+choice; `get_preset` raises `UnknownPresetError` listing the known names. Built in:
+``default``, ``resnet``, ``vit``, ``regression`` and ``snn`` (`list_presets` names them all);
+`register_preset` adds more, and other distributions add theirs through the entry-point group
+``lfpoptim.presets``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ VIT_EPSILON = 1.0
 """ε of the layers (linear, convolution, LayerNorm): the reference's ViT composite uses 1."""
 
 SUM_EPSILON = 1e-8
-"""ε of residual sums: the reference's ViT sums through lxt's ``add2``, whose ε is 1e-8."""
+"""ε of residual sums (the reference's ViT sums through lxt's ``add2``, whose ε is 1e-8) and of layer scale."""
 
 VIT_ARCHITECTURES = (
     "vit_*",
@@ -42,7 +42,9 @@ def vit(epsilon: float = VIT_EPSILON, dropout: DropoutMode = "reference") -> Rul
     - \(q k^\top\), \(A v\) and other products of two signals: the uniform rule; softmax:
       AttnLRP's rule, which in the gradient formulation is the softmax's gradient; timm's fused
       ``F.scaled_dot_product_attention`` gets both at once (`lfpoptim.rules.attention`).
-    - Layer scale (a parameter factor): the epsilon rule with ``epsilon``.
+    - Layer scale (a parameter factor): the epsilon rule with \(10^{-8}\): each output has a
+      single contribution, so ε has nothing to stabilise, and ε = 1 against CaiT's layer scale
+      of \(10^{-5}\) would all but cut the residual branches off.
     """
     rules = default_rules(epsilon, dropout)
     rules.update(extended_rules(epsilon, dropout, sum_epsilon=min(epsilon, SUM_EPSILON)))

@@ -133,7 +133,7 @@ def default_rules(epsilon: float = 1e-6, dropout: DropoutMode = "reference") -> 
 SUM_FUNCTIONS: tuple[TorchFunction, ...] = (torch.sum, torch.Tensor.sum)
 """Sums over dimensions: the epsilon rule, like ``torch.mean``."""
 
-PRODUCT_FUNCTIONS: tuple[TorchFunction, ...] = (
+MULTIPLY_FUNCTIONS: tuple[TorchFunction, ...] = (
     torch.mul,
     torch.multiply,
     torch.Tensor.mul,
@@ -142,6 +142,10 @@ PRODUCT_FUNCTIONS: tuple[TorchFunction, ...] = (
     torch.Tensor.__mul__,
     torch.Tensor.__rmul__,
     torch.Tensor.__imul__,
+)
+"""Element-wise products of two tensors, see `ProductRule`."""
+
+MATMUL_FUNCTIONS: tuple[TorchFunction, ...] = (
     torch.matmul,
     torch.Tensor.matmul,
     torch.Tensor.__matmul__,
@@ -149,7 +153,7 @@ PRODUCT_FUNCTIONS: tuple[TorchFunction, ...] = (
     torch.bmm,
     torch.Tensor.bmm,
 )
-"""Element-wise and matrix products of two tensors, see `ProductRule`."""
+"""Matrix products of two tensors, see `ProductRule`."""
 
 DIVISION_FUNCTIONS: tuple[TorchFunction, ...] = (
     torch.div,
@@ -201,16 +205,20 @@ def extended_rules(
     ``torch.sum`` (epsilon).
 
     Args:
-        epsilon: ε of the epsilon rule where a product has a parameter factor (layer scale).
+        epsilon: ε of the epsilon rule where a matrix product, an ``einsum`` or a resampling
+            sums many contributions (a signal times a parameter matrix).
         dropout: how attention dropout treats reward, see `DropoutRule`.
-        sum_epsilon: ε of ``torch.sum`` and of ``addcmul``'s sum; ``epsilon`` when ``None``.
+        sum_epsilon: ε of ``torch.sum`` and ``addcmul``, and of element-wise scaling by a
+            parameter (layer scale: one contribution per output, so a stabiliser has nothing to
+            stabilise there and a large ε only damps the reward); ``epsilon`` when ``None``.
     """
     if epsilon < 0:
         raise ValueError(f"epsilon must be non-negative, got {epsilon}")
     sum_epsilon = epsilon if sum_epsilon is None else sum_epsilon
     rules: RuleMap = dict.fromkeys(SUM_FUNCTIONS, EpsilonRule(sum_epsilon))
-    rules.update(dict.fromkeys(PRODUCT_FUNCTIONS, ProductRule(epsilon)))
-    rules.update(dict.fromkeys(DIVISION_FUNCTIONS, DivisionRule(epsilon)))
+    rules.update(dict.fromkeys(MULTIPLY_FUNCTIONS, ProductRule(sum_epsilon)))
+    rules.update(dict.fromkeys(MATMUL_FUNCTIONS, ProductRule(epsilon)))
+    rules.update(dict.fromkeys(DIVISION_FUNCTIONS, DivisionRule(sum_epsilon)))
     rules.update(dict.fromkeys(ADDCMUL_FUNCTIONS, AddcmulRule(sum_epsilon)))
     rules.update(dict.fromkeys(EINSUM_FUNCTIONS, EinsumRule(epsilon)))
     rules.update(dict.fromkeys(POWER_FUNCTIONS, PowerRule()))
@@ -233,9 +241,10 @@ __all__ = [
     "EPSILON_FUNCTIONS",
     "GATE_FUNCTIONS",
     "GRADIENT_OPERATIONS",
+    "MATMUL_FUNCTIONS",
+    "MULTIPLY_FUNCTIONS",
     "NORMALIZE_FUNCTIONS",
     "POWER_FUNCTIONS",
-    "PRODUCT_FUNCTIONS",
     "RESAMPLING_FUNCTIONS",
     "SOFTMAX_FUNCTIONS",
     "SUM_FUNCTIONS",

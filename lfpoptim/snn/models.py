@@ -39,7 +39,7 @@ class TimeLoop(nn.Module):
             `lfpoptim.LFPOptimizer` to average feedback over the batch rather than over time.
     """
 
-    batch_dim = 1
+    batch_dim: int = 1
 
     def __init__(self, network: nn.Module, encoder: Encoder | None = None, sample_dims: int | None = None) -> None:
         super().__init__()

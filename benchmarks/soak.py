@@ -10,8 +10,8 @@ script records, outside any step:
   leak of one tensor per step shows here long before it shows in the RSS;
 * ``hooks``: hooks registered on the model's modules and parameters plus torch's global module
   hooks, and ``hooks_added``: those beyond the ones the model had before the optimizer was built
-  (``DropInLFPOptimizer`` keeps its own two on the root module while attached, and none after
-  ``close()``);
+  (none for either optimizer: ``DropInLFPOptimizer`` wraps ``model.forward`` instead, an instance
+  attribute that ``close()`` removes, which the run checks at the end);
 * ``modes``: the depth of the torch-function mode stack;
 * ``param_attributes``: attributes set on parameter objects (``vars(param)``), over all of them.
 
@@ -162,6 +162,8 @@ class SoakResult:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     hooks_added_at_end: int = 0
     hooks_added_after_close: int | None = None
+    forward_left_after_close: bool | None = None
+    """Whether ``close()`` left an instance attribute ``forward`` on the model (drop-in only)."""
 
     @property
     def rss_growth_mib(self) -> float:
@@ -233,6 +235,7 @@ def soak(kind: OptimizerKind, steps: int = 1000, every: int = 100, seed: int = 0
     if isinstance(optimizer, DropInLFPOptimizer):
         optimizer.close()
         result.hooks_added_after_close = count_hooks(model) - hooks_before
+        result.forward_left_after_close = "forward" in vars(model)
     return result
 
 
@@ -249,7 +252,10 @@ def report(result: SoakResult) -> str:
             f"{point.step:>6}  {point.rss_mib:>8.1f}  {point.tensors:>7}  {point.hooks:>5}  {point.hooks_added:>5}  "
             f"{point.modes:>5}  {point.param_attributes:>5}  {value:>8}"
         )
-    after_close = "" if result.hooks_added_after_close is None else f", after close(): {result.hooks_added_after_close}"
+    after_close = ""
+    if result.hooks_added_after_close is not None:
+        forward = "left on the model" if result.forward_left_after_close else "removed"
+        after_close = f", after close(): {result.hooks_added_after_close}; forward wrapper {forward}"
     lines.append(
         f"RSS growth from step {result.checkpoints[1].step} to {result.checkpoints[-1].step}: "
         f"{result.rss_growth_mib:+.2f} MiB; live tensors {result.tensor_growth:+d}; "
@@ -287,13 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     leaked = [
         result.optimizer
         for result in results
-        if result.hooks_added_at_end > (2 if result.optimizer == "dropin" else 0)
+        if result.hooks_added_at_end
         or result.hooks_added_after_close
+        or result.forward_left_after_close
         or result.checkpoints[-1].modes
         or result.checkpoints[-1].param_attributes
     ]
     if leaked:
-        print(f"LEAK: hooks, modes or parameter attributes left behind by {', '.join(leaked)}", file=sys.stderr)
+        print(f"LEAK: hooks, modes, attributes or a forward wrapper left by {', '.join(leaked)}", file=sys.stderr)
     return 1 if leaked else 0
 
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
+from types import MethodType
 from typing import Any, get_args
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from .analysis import warn_zero_parameters
 from .base_optimizer import BaseOptimizer, WrappedOptimizer, build_base_optimizer
@@ -42,6 +42,8 @@ def is_exact_loss_gradient(outputs: torch.Tensor, grad: torch.Tensor) -> bool:
     \((\sigma(y) - t) / s\) with 0/1 targets \(t\) and a scale \(s\) of 1 (sum), the batch
     size or the number of outputs (mean). Soft BCE targets are not recognised.
     """
+    if grad.numel() == 0:  # an empty batch: nothing to check, as nothing reaches the parameters
+        return True
     scale = grad.abs().amax()
     if not bool(scale > 0):
         return True
@@ -55,6 +57,27 @@ def is_exact_loss_gradient(outputs: torch.Tensor, grad: torch.Tensor) -> bool:
     return False
 
 
+def is_tracing() -> bool:
+    """Whether an LFP forward trace is active in this thread (a forward inside an LFP pass)."""
+    stack = range(torch._C._len_torch_function_stack())
+    return any(isinstance(torch._C._get_function_stack_at(level), ForwardTrace) for level in stack)
+
+
+def _forward_with_rules(optimizer: DropInLFPOptimizer) -> Callable[..., Any]:
+    """The function that, bound to the model, replaces its ``forward`` while ``optimizer`` is attached.
+
+    Bound to the model rather than to the optimizer, so that a deep copy of the model (an EMA copy,
+    say) is bound to the copy, and runs the copy's own, untraced forward.
+    """
+
+    def forward(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if model is not optimizer.model:  # a copy of the model
+            return type(model).forward(model, *args, **kwargs)
+        return optimizer._traced_forward(*args, **kwargs)
+
+    return forward
+
+
 class DropInLFPOptimizer(WrappedOptimizer):
     r"""LFP for an unchanged training loop: ``zero_grad()``, forward, loss, ``backward()``, ``step()``.
 
@@ -62,13 +85,17 @@ class DropInLFPOptimizer(WrappedOptimizer):
     enabled is traced by the LFP engine, so the loss's ``backward()`` computes LFP's
     \(J_\theta^\top n\). `step` (the plain ``torch.optim`` signature, closure included)
     turns it into \(-F_\theta = -|\theta| \odot J_\theta^\top n\) and steps the base optimizer.
-    Forwards under ``torch.no_grad()`` (evaluation) are not traced at all.
+    Forwards under ``torch.no_grad()`` (evaluation) are not traced at all, and neither are
+    forwards inside another LFP pass (an ``LFPOptimizer`` on the same model), which traces them
+    itself.
 
-    `close` (or leaving a ``with`` block) detaches the rules and leaves the model exactly
-    as it was.
+    The rules are attached by replacing ``model.forward`` with a wrapper (an instance attribute;
+    no hook is registered), which runs the class's forward inside the LFP trace and leaves the
+    trace however the forward ends, ``KeyboardInterrupt`` included. `close` (or leaving a
+    ``with`` block) removes the wrapper and leaves the model exactly as it was.
 
     Args:
-        model: the network; its forward hooks carry the rules.
+        model: the network; its ``forward`` is wrapped while the rules are attached.
         base: the optimizer that applies the update (class, ``functools.partial`` or timm name).
         epsilon: ε of the epsilon rule; the preset's own when ``None``.
         normalize: divide each parameter tensor's feedback by its mean magnitude, as
@@ -118,34 +145,48 @@ class DropInLFPOptimizer(WrappedOptimizer):
         self.normalize = normalize
         self.strict = strict
         self.rules = resolved.rules
-        self._trace: ForwardTrace | None = None
         self._warned = False
-        self._handles: list[RemovableHandle] = []
+        self._wrapper: Callable[..., Any] | None = None
+        self._inner_forward: Callable[..., Any] | None = None
         self.attach()
 
     # -- attaching the rules to the model ----------------------------------------------------------
     @property
     def attached(self) -> bool:
         """Whether the rules are attached to the model."""
-        return bool(self._handles)
+        return self._wrapper is not None
 
     def attach(self) -> None:
-        """Attach the LFP rules to the model (done on construction; again after `close`)."""
+        """Attach the LFP rules to the model (done on construction; again after `close`).
+
+        ``model.forward`` becomes a wrapper. A ``forward`` the model already had as an instance
+        attribute is wrapped too, and put back by `close`.
+        """
         if self.attached:
             return
-        self._handles = [
-            self.model.register_forward_pre_hook(self._enter),
-            self.model.register_forward_hook(self._leave, always_call=True),
-        ]
+        self._inner_forward = vars(self.model).get("forward")
+        self._wrapper = MethodType(_forward_with_rules(self), self.model)
+        self.model.forward = self._wrapper
 
     def close(self) -> None:
-        """Detach the rules: the model is exactly as it was before this optimizer was built."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        if self._trace is not None:
-            self._trace.__exit__(None, None, None)
-            self._trace = None
+        """Detach the rules: the model is exactly as it was before this optimizer was built.
+
+        Raises:
+            RuntimeError: if ``model.forward`` was replaced again after this optimizer wrapped it
+                (by another ``DropInLFPOptimizer``, say): close that one first.
+        """
+        if self._wrapper is None:
+            return
+        if vars(self.model).get("forward") is not self._wrapper:
+            raise RuntimeError(
+                "model.forward was replaced after this DropInLFPOptimizer attached its rules (by another "
+                "DropInLFPOptimizer?); close the one attached last first"
+            )
+        if self._inner_forward is None:
+            del self.model.forward
+        else:
+            self.model.forward = self._inner_forward
+        self._wrapper = self._inner_forward = None
 
     detach = close
 
@@ -155,21 +196,23 @@ class DropInLFPOptimizer(WrappedOptimizer):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _enter(self, module: nn.Module, args: Any) -> None:
-        if not torch.is_grad_enabled() or self._trace is not None:
-            return
-        self._trace = ForwardTrace(self.rules)
-        self._trace.__enter__()
-
-    def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
-        trace, self._trace = self._trace, None
-        if trace is None:
-            return
-        trace.__exit__(None, None, None)
-        if isinstance(output, torch.Tensor) and output.requires_grad:
-            trace.finalize(output, seeded=False)
-            output.register_hook(self._check_loss_gradient(output.detach()))
-        trace.clear()
+    def _traced_forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The model's forward, traced by the LFP engine when gradients are enabled."""
+        inner = self._inner_forward
+        if inner is None:
+            inner = type(self.model).forward.__get__(self.model)
+        if not torch.is_grad_enabled() or is_tracing():
+            return inner(*args, **kwargs)
+        trace = ForwardTrace(self.rules)
+        try:
+            with trace:
+                output = inner(*args, **kwargs)
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                trace.finalize(output, seeded=False)
+                output.register_hook(self._check_loss_gradient(output.detach()))
+        finally:
+            trace.clear()
+        return output
 
     def _check_loss_gradient(self, outputs: torch.Tensor) -> Callable[[torch.Tensor], None]:
         def check(grad: torch.Tensor) -> None:

@@ -236,25 +236,66 @@ class LFPPass:
         grads: \(J_\theta^\top n\) per parameter, in the order asked for; the feedback is
             ``params[i].abs() * grads[i]``. Zeros where no reward reached a parameter.
         input_reward: the reward that arrived at the inputs, when asked for.
+        saved_buffers: the model's buffers with their values from before the pass, for
+            `restore_buffers`.
     """
 
     outputs: torch.Tensor
     reward: torch.Tensor
     grads: list[torch.Tensor]
     input_reward: torch.Tensor | None = field(default=None)
+    saved_buffers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False)
+
+    def restore_buffers(self) -> None:
+        """Put the buffers the forward changed (BatchNorm's running statistics) back as they were before the pass."""
+        _restore(self.saved_buffers)
+
+
+def _restore(saved_buffers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for buffer, saved in saved_buffers:
+            buffer.copy_(saved)
+
+
+def check_outputs(outputs: Any, batch_dim: int | None) -> None:
+    """Raise a clear error unless ``outputs`` is one non-empty tensor, with a ``batch_dim`` if one is given."""
+    if not isinstance(outputs, torch.Tensor):
+        raise TypeError(
+            f"the model returned {type(outputs).__name__}; LFP needs a single output tensor "
+            "(wrap the model so that it returns the tensor the reward is computed on)"
+        )
+    if batch_dim is not None and outputs.dim() <= batch_dim:
+        raise ValueError(
+            f"the model's outputs have shape {tuple(outputs.shape)}, without the batch dimension {batch_dim} that "
+            'feedback_reduction "mean" and "normalized" average over; return outputs per sample (or use "sum")'
+        )
+    if outputs.numel() == 0:
+        raise ValueError(
+            f"the model's outputs are empty (shape {tuple(outputs.shape)}): the batch is empty, or the model "
+            "outputs nothing; there is no reward to propagate"
+        )
 
 
 def check_reward(reward: Any, outputs: torch.Tensor) -> torch.Tensor:
-    """Raise a clear error unless ``reward`` is a finite tensor shaped like ``outputs``."""
+    """Raise a clear error unless ``reward`` is a finite real tensor shaped like ``outputs`` (finite too)."""
     if not isinstance(reward, torch.Tensor):
         raise TypeError(f"reward_fn must return a torch.Tensor shaped like the outputs, got {type(reward).__name__}")
+    if reward.is_complex():
+        raise TypeError(f"reward_fn returned a complex tensor ({reward.dtype}); the reward must be real")
     if reward.shape != outputs.shape:
         raise ValueError(
             f"reward has shape {tuple(reward.shape)} but outputs have shape {tuple(outputs.shape)}: "
             "the reward must give one value per output unit"
         )
-    # NaN and Inf reach the sum (overflow aside), so one scalar test covers the common case
-    if not math.isfinite(float(reward.sum())):
+    # NaN and Inf reach the sum (overflow aside), so one scalar test covers the common case; the
+    # outputs are checked too, as a reward such as sign(outputs) can be finite where they are not
+    if not math.isfinite(float(reward.sum() + outputs.sum())):
+        bad = int((~torch.isfinite(outputs)).sum())
+        if bad:
+            raise ValueError(
+                f"the model's outputs contain NaN or Inf ({bad} of {outputs.numel()} entries); "
+                "check the inputs and the model's parameters"
+            )
         bad = int((~torch.isfinite(reward)).sum())
         if bad:
             raise ValueError(
@@ -279,6 +320,7 @@ def _seed(start: torch.Tensor, reward: torch.Tensor, start_epsilon: float | None
     return reward / denominator
 
 
+@torch.enable_grad()  # the pass's own backward, also when called under torch.no_grad()
 def lfp_pass(
     model: nn.Module,
     inputs: Any,
@@ -295,7 +337,9 @@ def lfp_pass(
 
     The model is left exactly as it was if anything raises: buffers changed by the forward (such
     as BatchNorm's running statistics) are restored, and no hook outlives the pass. Parameters
-    and their ``.grad`` are never touched.
+    and their ``.grad`` are never touched. The pass enables gradients for itself, so it also
+    runs under ``torch.no_grad()`` (not under ``torch.inference_mode()``, which rules out any
+    backward pass).
 
     Args:
         model: the network; called as ``model(inputs)``.
@@ -311,8 +355,12 @@ def lfp_pass(
         batch_dim: the batch dimension of the outputs, which ``"mean"`` and ``"normalized"``
             average over (1 for time-major outputs such as a spiking network's (T, B, C)).
     """
-    buffers = list(model.buffers())
-    saved_buffers = [buffer.detach().clone() for buffer in buffers]
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "an LFP pass needs autograd for its backward pass, which torch.inference_mode() disables; "
+            "call it outside inference_mode (under torch.no_grad() it works: it enables gradients for itself)"
+        )
+    saved_buffers = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
     try:
         if with_input_reward:
             inputs = inputs.detach().requires_grad_(True)
@@ -320,26 +368,28 @@ def lfp_pass(
         try:
             with trace:
                 outputs = model(inputs)
-            if not isinstance(outputs, torch.Tensor):
-                raise TypeError(
-                    f"the model returned {type(outputs).__name__}; LFP needs a single output tensor "
-                    "(wrap the model so that it returns the tensor the reward is computed on)"
-                )
+            check_outputs(outputs, None if reduction == "sum" else batch_dim)
             start, start_epsilon = trace.finalize(outputs)
         finally:
             trace.clear()
         with torch.no_grad():
-            reward = check_reward(reward_fn(outputs.detach(), targets), outputs)
+            detached = outputs.detach()
+            version = detached._version
+            reward = reward_fn(detached, targets)
+            if detached._version != version:
+                raise ValueError(
+                    "reward_fn modified the model's outputs in place, which would change the backward pass's "
+                    "seed; compute the reward without writing into its outputs argument (clone it first)"
+                )
+            reward = check_reward(reward, outputs)
             batch = 1 if reduction == "sum" else outputs.shape[batch_dim]
             seed = _seed(start.detach(), reward, start_epsilon, batch)
         wrt = [*params, inputs] if with_input_reward else list(params)
         grads = list(torch.autograd.grad(start, wrt, seed, allow_unused=True, materialize_grads=True))
+        input_reward = None
+        if with_input_reward:
+            input_reward = (grads.pop() * inputs).detach()
+        return LFPPass(detached, reward, grads, input_reward, saved_buffers)
     except BaseException:
-        with torch.no_grad():
-            for buffer, saved in zip(buffers, saved_buffers, strict=True):
-                buffer.copy_(saved)
+        _restore(saved_buffers)
         raise
-    input_reward = None
-    if with_input_reward:
-        input_reward = (grads.pop() * inputs).detach()
-    return LFPPass(outputs=outputs.detach(), reward=reward, grads=grads, input_reward=input_reward)

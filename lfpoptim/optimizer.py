@@ -190,8 +190,11 @@ class LFPOptimizer(WrappedOptimizer):
         Returns:
             the outputs and the reward of ``inputs``, for logging; ``None`` without inputs.
 
-        If anything raises (the forward, the reward, a NaN reward, the backward), the model, the
-        parameters, their ``.grad`` and the optimizer state are left as they were.
+        If anything raises before the base optimizer updates the parameters (the forward, the
+        reward, NaN or Inf in the outputs, the reward or the feedback, the backward, a base
+        optimizer's step pre-hook), the model, its buffers, the parameters, their ``.grad`` and the
+        optimizer state are left as they were (after `accumulate` calls, the accumulated feedback
+        is discarded, as by `zero_grad`).
         """
         group = self._feedback_group()
         if inputs is None and self._accumulated is None:
@@ -200,6 +203,7 @@ class LFPOptimizer(WrappedOptimizer):
                 "was accumulated since the last step; call step(inputs, targets) to train on a batch"
             )
         result: LFPStepResult | None = None
+        single: LFPPass | None = None
         if self._accumulated is None and group is None:  # one batch, one process: the pass averages itself
             params = self._trainable()
             single = self._lfp_pass(inputs, targets, params, self.feedback_reduction)
@@ -215,13 +219,37 @@ class LFPOptimizer(WrappedOptimizer):
             self._accumulated = None
             params = accumulated.params
             grads = accumulated.feedback_factors(mean=self.feedback_reduction != "sum")
-        weight_scale_(grads, params, sign=-1.0, normalize=self.feedback_reduction == "normalized")
-        for param, grad in zip(params, grads, strict=True):
-            param.grad = grad
-        if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
-        self.base.step()
+        previous_grads = [param.grad for param in params]
+        try:
+            weight_scale_(grads, params, sign=-1.0, normalize=self.feedback_reduction == "normalized")
+            # the 2-norm of all feedback (as clip_grad_norm_ computes it, without its per-device grouping):
+            # one reduction, one host sync, for the finiteness check and for clipping
+            total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            if not bool(torch.isfinite(total_norm)):
+                raise self._non_finite_feedback(params, grads)
+            for param, grad in zip(params, grads, strict=True):
+                param.grad = grad
+            if self.clip_norm is not None:
+                torch.nn.utils.clip_grads_with_norm_(params, self.clip_norm, total_norm)
+            self.base.step()
+        except BaseException:
+            for param, grad in zip(params, previous_grads, strict=True):
+                param.grad = grad
+            if single is not None:
+                single.restore_buffers()
+            raise
         return result
+
+    def _non_finite_feedback(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> ValueError:
+        """The error for feedback with NaN or Inf in it, naming the parameters (outputs and reward were finite)."""
+        names = {id(param): name for name, param in self.model.named_parameters()}
+        bad = [names.get(id(p), "?") for p, grad in zip(params, grads, strict=True) if not grad.isfinite().all()]
+        return ValueError(
+            f"the feedback contains NaN or Inf ({len(bad)} of {len(params)} parameter tensors: "
+            f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) although the model's outputs and the reward are "
+            "finite: check the inputs for NaN or Inf (a step function such as Heaviside turns them into finite "
+            "outputs) and the parameters; nothing was changed"
+        )
 
     def accumulate(self, inputs: Any, targets: Any = None) -> LFPStepResult:
         r"""Add one micro-batch's feedback to the sum that the next `step` applies.
@@ -272,6 +300,11 @@ class LFPOptimizer(WrappedOptimizer):
 
     def _lfp_pass(self, inputs: Any, targets: Any, params: list[torch.Tensor], reduction: FeedbackReduction) -> LFPPass:
         """One LFP pass on the model inside any DDP or ``torch.compile`` wrapper (see `unwrap_model`)."""
+        if not params:
+            raise ValueError(
+                "the model has no trainable parameters (requires_grad is False for every parameter the optimizer "
+                "holds): there is nothing to compute feedback for"
+            )
         module = unwrap_model(self.model).module
         reward_fn = _reward_in_float32(self.reward_fn)
         return lfp_pass(
@@ -299,13 +332,8 @@ class LFPOptimizer(WrappedOptimizer):
         """
         named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
-        buffers = [buffer.detach().clone() for buffer in self.model.buffers()]
-        try:
-            result = self._lfp_pass(inputs, targets, params, self.feedback_reduction)
-        finally:
-            with torch.no_grad():
-                for buffer, saved in zip(self.model.buffers(), buffers, strict=True):
-                    buffer.copy_(saved)
+        result = self._lfp_pass(inputs, targets, params, self.feedback_reduction)
+        result.restore_buffers()
         weight_scale_(result.grads, params, sign=1.0, normalize=self.feedback_reduction == "normalized")
         return {name: grad for (name, _), grad in zip(named, result.grads, strict=True)}
 

@@ -11,12 +11,12 @@ The policy these tests state:
 * Targets are checked by the reward (`lfpoptim.rewards.class_indices`): shape, dtype and range.
   Any integer dtype is accepted as class indices.
 * NaN and Inf are refused with a ``ValueError``, never trained on (there is no skip mode: catch
-  the error to skip a batch).
-* The reward must be a tensor shaped like the outputs.
+  the error to skip a batch), wherever they appear: in the outputs (whatever the reward makes of
+  them), in the reward, or only in the feedback (a step unit turns NaN inputs into finite outputs).
+* The outputs must be one non-empty tensor with a batch dimension; the reward must be a real
+  tensor shaped like the outputs, and must not write into them.
 
-Cases that the library does not handle yet are ``xfail(strict=True)``, listed under Known gaps in
-``docs/guarantees.md`` (the fixes are proposed on issue 9). Run with ``-s`` to see how many bad
-inputs were tried.
+Run with ``-s`` to see how many bad inputs were tried.
 """
 
 from __future__ import annotations
@@ -321,50 +321,61 @@ def dropin_model() -> tuple[nn.Module, Any]:
     return model, optimizer
 
 
-# -- not handled yet: known gaps, fixes proposed on issue 9 -----------------------------------------------
-KNOWN_GAP = "a known gap (docs/guarantees.md); fix proposed on issue 9"
+# -- outputs, feedback and models that a check on the reward alone would let through -----------------------
+def assert_refused_on_its_own(
+    model: nn.Module,
+    optimizer: LFPOptimizer,
+    run: Callable[[], object],
+    exception: type[Exception],
+    match: str,
+    *,
+    kind: str,
+) -> None:
+    """As `assert_refused`, for a model and optimizer of the test's own."""
+    before = Snapshot.take(model, optimizer)
+    with pytest.raises(exception, match=match):
+        run()
+    differences = before.differences(model, optimizer)
+    assert not differences, f"after refusing {kind}: " + "; ".join(differences)
+    BAD_INPUTS[kind] += 1
 
 
-@pytest.mark.xfail(strict=True, reason=f"NaN input to a step unit gives finite outputs, NaN feedback; {KNOWN_GAP}")
+@pytest.mark.parametrize("clip_norm", [None, 1.0])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_nan_or_inf_inputs_to_a_step_network_are_refused(value):
+def test_nan_or_inf_inputs_to_a_step_network_are_refused(value, clip_norm):
+    """A Heaviside unit turns NaN into a finite output: only the feedback shows it, and the step refuses it."""
     model = FAMILIES["heaviside"].make()
-    optimizer = make_lfp(model)
+    optimizer = LFPOptimizer(model, SoftmaxLossReward(), lr=0.05, momentum=0.9, clip_norm=clip_norm)
+    optimizer.step(*FAMILIES["heaviside"].batch(seed=2))  # momentum would move the parameters on any step
     x, t = FAMILIES["heaviside"].batch(seed=1)
     x[0, 0] = value
-    before = Snapshot.take(model, optimizer)
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        optimizer.step(x, t)
-    assert not before.differences(model, optimizer)
+    match = r"the feedback contains NaN or Inf \(\d of 6 parameter tensors: 0.weight.*\) although the model's outputs"
+    run = lambda: optimizer.step(x, t)  # noqa: E731
+    assert_refused_on_its_own(model, optimizer, run, ValueError, match, kind="NaN/Inf in inputs to a step unit")
 
 
-@pytest.mark.xfail(strict=True, reason=f"a reward of sign(outputs) hides NaN outputs (sign(NaN) = 0); {KNOWN_GAP}")
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_nan_or_inf_outputs_are_refused_whatever_the_reward(value):
+    """``CorrectClassificationReward`` is built from signs: finite where the outputs are not (sign(NaN) = 0)."""
     model = nn.Sequential(FAMILIES["mlp"].make(), PoisonOutputs())
     optimizer = LFPOptimizer(model, CorrectClassificationReward(), lr=0.1)
     model[-1].mask, model[-1].value = torch.eye(8, CLASSES, dtype=torch.bool), value
-    before = Snapshot.take(model, optimizer)
-    with pytest.raises(ValueError, match="outputs contain NaN or Inf"):
-        optimizer.step(*FAMILIES["mlp"].batch(seed=1))
-    assert not before.differences(model, optimizer)
+    match = r"the model's outputs contain NaN or Inf \(5 of 40 entries\)"
+    run = lambda: optimizer.step(*FAMILIES["mlp"].batch(seed=1))  # noqa: E731
+    assert_refused_on_its_own(model, optimizer, run, ValueError, match, kind="NaN/Inf outputs, sign reward")
 
 
-@pytest.mark.xfail(strict=True, reason=f"an empty batch steps the base optimizer on zero feedback; {KNOWN_GAP}")
+@pytest.mark.parametrize("method", ["step", "feedback", "accumulate"])
 @pytest.mark.parametrize("family_name", ["mlp", "cnn"])
-def test_an_empty_batch_is_refused(family_name):
+def test_an_empty_batch_is_refused(family_name, method):
     model = FAMILIES[family_name].make()
     optimizer = make_lfp(model)
     optimizer.step(*batch(family_name, 4))  # momentum would move the parameters on zero feedback
-    before = Snapshot.take(model, optimizer)
-    with pytest.raises(ValueError, match="the batch is empty"):
-        optimizer.step(*batch(family_name, 0))
-    assert not before.differences(model, optimizer)
+    match = r"the model's outputs are empty \(shape \(0, 5\)\): the batch is empty"
+    run = lambda: getattr(optimizer, method)(*batch(family_name, 0))  # noqa: E731
+    assert_refused_on_its_own(model, optimizer, run, ValueError, match, kind="empty batch")
 
 
-@pytest.mark.xfail(
-    strict=True, reason=f"DropIn's loss-gradient check calls amax() on an empty gradient and crashes; {KNOWN_GAP}"
-)
 def test_an_empty_batch_in_the_dropin_loop_behaves_as_under_sgd():
     model = FAMILIES["mlp"].make()
     optimizer = make_dropin(model)
@@ -373,19 +384,19 @@ def test_an_empty_batch_in_the_dropin_loop_behaves_as_under_sgd():
     loss = F.cross_entropy(model(x), t)  # nan, as without lfpoptim
     loss.backward()
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())
+    optimizer.close()
+    BAD_INPUTS["dropin empty batch"] += 1
 
 
-@pytest.mark.xfail(strict=True, reason=f"a frozen model fails inside autograd.grad ('inputs ... empty'); {KNOWN_GAP}")
-def test_a_model_without_trainable_parameters_is_named():
+@pytest.mark.parametrize("method", ["step", "feedback", "accumulate"])
+def test_a_model_without_trainable_parameters_is_named(method):
     frozen = FAMILIES["mlp"].make().requires_grad_(False)
     optimizer = LFPOptimizer(frozen, SoftmaxLossReward(), lr=0.1)
-    before = Snapshot.take(frozen, optimizer)
-    with pytest.raises(ValueError, match="no trainable parameters"):
-        optimizer.step(*batch("mlp", 4))
-    assert not before.differences(frozen, optimizer)
+    run = lambda: getattr(optimizer, method)(*batch("mlp", 4))  # noqa: E731
+    match = "the model has no trainable parameters"
+    assert_refused_on_its_own(frozen, optimizer, run, ValueError, match, kind="model without trainable parameters")
 
 
-@pytest.mark.xfail(strict=True, reason=f"a 0-d output fails with 'IndexError: tuple index out of range'; {KNOWN_GAP}")
 def test_a_model_with_a_scalar_output_is_named():
     class Total(nn.Module):
         def __init__(self) -> None:
@@ -395,12 +406,14 @@ def test_a_model_with_a_scalar_output_is_named():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.linear(x).sum()
 
-    optimizer = LFPOptimizer(Total(), lambda outputs, targets: outputs.sign(), lr=0.1)
-    with pytest.raises(ValueError, match="batch dimension"):
-        optimizer.step(torch.randn(3, 4))
+    model = Total()
+    optimizer = LFPOptimizer(model, lambda outputs, targets: outputs.sign(), lr=0.1)
+    match = r"the model's outputs have shape \(\), without the batch dimension 0"
+    assert_refused_on_its_own(
+        model, optimizer, lambda: optimizer.step(torch.randn(3, 4)), ValueError, match, kind="0-d output"
+    )
 
 
-@pytest.mark.xfail(strict=True, reason=f"a reward that writes into the outputs silently corrupts the seed; {KNOWN_GAP}")
 def test_a_reward_that_modifies_the_outputs_in_place_is_refused():
     def doubling_reward(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         reward = SoftmaxLossReward()(outputs, targets)
@@ -417,9 +430,8 @@ def test_a_reward_that_modifies_the_outputs_in_place_is_refused():
     )
 
 
-@pytest.mark.xfail(strict=True, reason=f"a complex reward is cast to real, dropping the imaginary part; {KNOWN_GAP}")
-@pytest.mark.filterwarnings("ignore:Casting complex values to real")  # the symptom, today
 def test_a_complex_reward_is_refused():
     x, t = batch("mlp", 4)
     run = with_reward(lambda outputs, targets: torch.ones_like(outputs, dtype=torch.complex64), x, t)
-    assert_refused("mlp", run, TypeError, "real", "complex reward")
+    match = r"reward_fn returned a complex tensor \(torch.complex64\); the reward must be real"
+    assert_refused("mlp", run, TypeError, match, "complex reward")

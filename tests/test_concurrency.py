@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from hardening import FAMILIES, dropin_iteration, make_dropin, make_lfp, same_parameters, single_thread
+from hardening import FAMILIES, Snapshot, dropin_iteration, make_dropin, make_lfp, same_parameters, single_thread
 from torch import nn
 
 from lfpoptim import LFPOptimizer, SoftmaxLossReward
@@ -159,13 +159,6 @@ def test_a_step_in_eval_mode_trains_without_touching_running_statistics():
     assert not model.training
 
 
-ENABLE_GRAD_GAP = (
-    "lfp_pass runs the forward and backward in whatever grad mode the caller is in: under torch.no_grad() "
-    "it fails with autograd's 'element 0 of tensors does not require grad'; fix proposed on issue 9"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=ENABLE_GRAD_GAP)
 @pytest.mark.parametrize("method", ["feedback", "step"])
 def test_under_no_grad_feedback_and_step_give_the_same_numbers(method):
     family = FAMILIES["mlp"]
@@ -175,20 +168,23 @@ def test_under_no_grad_feedback_and_step_give_the_same_numbers(method):
     expected = getattr(make_lfp(twin), method)(*batch)
     with torch.no_grad():
         actual = getattr(make_lfp(model), method)(*batch)
+        assert not torch.is_grad_enabled()  # the pass enabled gradients for itself only
     if method == "feedback":
         assert all(torch.equal(actual[name], expected[name]) for name in expected)
     else:
         assert same_parameters(model, twin) == []
 
 
-@pytest.mark.xfail(strict=True, reason=ENABLE_GRAD_GAP)
-def test_under_inference_mode_feedback_says_it_needs_autograd():
-    optimizer = make_lfp(FAMILIES["mlp"].make())
-    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
-        optimizer.feedback(*FAMILIES["mlp"].batch(seed=1))
+@pytest.mark.parametrize("method", ["feedback", "step"])
+def test_under_inference_mode_feedback_and_step_say_they_need_autograd(method):
+    model = FAMILIES["cnn"].make()
+    optimizer = make_lfp(model)
+    before = Snapshot.take(model, optimizer)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"disables; call it outside inference_mode"):
+        getattr(optimizer, method)(*FAMILIES["cnn"].batch(seed=1))
+    assert not before.differences(model, optimizer)
 
 
-@pytest.mark.xfail(strict=True, reason=ENABLE_GRAD_GAP + " (a reward runs under no_grad)")
 def test_a_reward_may_itself_ask_another_optimizer_for_feedback():
     """Re-entrancy: an LFP pass inside another's reward (a critic model, say) works."""
     critic_model = FAMILIES["mlp"].make()
@@ -205,13 +201,9 @@ def test_a_reward_may_itself_ask_another_optimizer_for_feedback():
     assert all(torch.equal(seen[0][name], expected[name]) for name in expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an attached DropInLFPOptimizer traces the forward of LFPOptimizer.feedback a second time (rules "
-    "applied twice, ~1e-5 off, and a spurious loss warning); fix proposed on issue 9",
-)
-@pytest.mark.filterwarnings("ignore:the gradient reaching the model's outputs")  # the symptom, today
+@pytest.mark.filterwarnings("error:the gradient reaching the model's outputs")  # the loss check must not run
 def test_explicit_feedback_on_a_model_with_a_dropin_optimizer_attached_is_exact():
+    """The drop-in wrapper does not trace a forward that an LFP pass traces already."""
     model = FAMILIES["mlp"].make()
     batch = FAMILIES["mlp"].batch(seed=1)
     expected = make_lfp(model).feedback(*batch)

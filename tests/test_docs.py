@@ -1,27 +1,27 @@
-"""The documentation site stays true: its examples run, its plots can be regenerated, its API page is complete.
+"""The documentation site stays true: its examples run, its plots can be regenerated, its API pages are complete.
 
 Every example in ``examples/`` is shown on the site (``--8<--`` snippets) and run by a test in
 smoke mode; the examples written for the how-to guides are run here. The strict site build itself
-is a step of ``.ci/run``.
+is a step of ``.ci/run``; where ``/usr/bin/chromium`` exists, the built site is also opened in
+headless Chromium and its screenshots, formulas and plots are checked (``scripts/screenshot_docs.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
+import importlib.util
 import os
 import re
-import runpy
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 import torch
+from script_runner import run_in_process, run_script
 
 import lfpoptim
+from lfpoptim.presets import registry
 
 if TYPE_CHECKING:
     import griffe
@@ -33,40 +33,6 @@ TESTS = ROOT / "tests"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SNIPPET = re.compile(r'--8<-- "(examples/[\w/]+\.py)(?::[\w-]+)?"')
 DIRECTIVE = re.compile(r"^::: ([\w.]+)", flags=re.MULTILINE)
-
-
-def run_script(*args: str, timeout: int = 300, env: dict[str, str] | None = None) -> str:
-    """Run a repository script with this interpreter; return its stdout, failing with its stderr."""
-    completed = subprocess.run(
-        [sys.executable, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", **(env or {})},
-    )
-    assert completed.returncode == 0, completed.stderr
-    return completed.stdout
-
-
-def run_in_process(script: str, *args: str) -> str:
-    """Run a repository script as ``__main__`` in this process (no second torch import); return its stdout.
-
-    The torch thread count and random state it changes are restored afterwards. Scripts that
-    register presets run in a subprocess instead: the registry is global.
-    """
-    threads = torch.get_num_threads()
-    argv = sys.argv
-    stdout = io.StringIO()
-    try:
-        sys.argv = [script, *args]
-        with torch.random.fork_rng(), contextlib.redirect_stdout(stdout):
-            runpy.run_path(str(ROOT / script), run_name="__main__")
-    finally:
-        sys.argv = argv
-        torch.set_num_threads(threads)
-    return stdout.getvalue()
 
 
 def doc_pages() -> dict[Path, str]:
@@ -142,8 +108,13 @@ def test_checkpoint_resume_is_bit_identical_and_restores_the_schedule() -> None:
     assert "largest parameter difference, straight vs resumed: 0\n" in stdout
 
 
-def test_preset_plugin_is_chosen_automatically_and_silences_the_warning() -> None:
-    stdout = run_script("examples/preset_plugin.py", "--smoke")
+def test_preset_plugin_is_chosen_automatically_and_silences_the_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the example registers its preset in the global registry: give it a copy, dropped afterwards
+    presets = registry._PRESETS
+    monkeypatch.setattr(registry, "_PRESETS", dict(presets))
+    stdout = run_in_process("examples/preset_plugin.py", "--smoke")
+    assert "sine" in registry._PRESETS
+    assert "sine" not in presets
     default_line, warning_line, auto_line, similarity_line = stdout.strip().splitlines()
     assert default_line.startswith("preset='default' -> 'default'")
     assert "have no LFP rule under preset 'default'" in warning_line
@@ -331,3 +302,25 @@ def test_every_public_signature_has_types(package: griffe.Module) -> None:
         if obj.returns is None:
             untyped.append(f"{obj.path} -> ?")
     assert not untyped, f"parameters, attributes or returns without a type (annotate them): {untyped}"
+
+
+# --- the built site, as a browser shows it ---
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs the system Chromium (apt-get install -y chromium)")
+def test_site_renders_pages_formulas_and_plots_in_headless_chromium(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Home, the API page of LFPOptimizer, Concepts and Benchmarks: drawn, formulas typeset, plot shown."""
+    spec = importlib.util.spec_from_file_location("screenshot_docs", ROOT / "scripts" / "screenshot_docs.py")
+    assert spec is not None
+    assert spec.loader is not None
+    screenshot_docs = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "screenshot_docs", screenshot_docs)  # its dataclasses look themselves up there
+    spec.loader.exec_module(screenshot_docs)
+    failures = screenshot_docs.check_site(tmp_path, str(CHROMIUM))
+    assert not failures, "\n".join(failures)
+    for page in screenshot_docs.PAGES:
+        assert (tmp_path / f"{page.name}.png").read_bytes().startswith(PNG_SIGNATURE)

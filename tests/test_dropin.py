@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 
@@ -146,15 +147,66 @@ def test_close_restores_the_model_exactly():
     plain = [p.grad.clone() for p in model.parameters()]
     opt = DropInLFPOptimizer(model, lr=0.1)
     assert opt.attached
-    assert len(model._forward_hooks) == 1
+    assert "forward" in vars(model)  # the wrapper, an instance attribute: no hook
+    assert not model._forward_hooks
+    assert not model._forward_pre_hooks
     opt.close()
     assert not opt.attached
+    assert "forward" not in vars(model)
     assert not model._forward_hooks
     assert not model._forward_pre_hooks
     model.zero_grad()
     F.cross_entropy(model(x), t).backward()
     for p, expected in zip(model.parameters(), plain, strict=True):
         assert torch.equal(p.grad, expected)
+
+
+def plain_gradients(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+    model.zero_grad()
+    F.cross_entropy(model(x), t).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_a_deep_copy_of_an_attached_model_is_a_plain_model():
+    """An EMA copy, say: bound to the copy, the wrapper runs the copy's own forward, untraced."""
+    model, x, t = make_cnn(), torch.randn(4, 1, 8, 8), torch.randint(0, 5, (4,))
+    expected = plain_gradients(copy.deepcopy(model), x, t)
+    with DropInLFPOptimizer(model, lr=0.1):
+        twin = copy.deepcopy(model)
+        lfp = plain_gradients(model, x, t)
+        assert all(torch.equal(a, b) for a, b in zip(plain_gradients(twin, x, t), expected, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(lfp, expected, strict=True))
+
+
+def test_a_forward_set_on_the_instance_is_wrapped_and_put_back():
+    model, x, t = make_cnn(), torch.randn(4, 1, 8, 8), torch.randint(0, 5, (4,))
+    calls = []
+
+    def own_forward(inputs: torch.Tensor) -> torch.Tensor:
+        calls.append(len(inputs))
+        return type(model).forward(model, inputs)
+
+    model.forward = own_forward
+    explicit = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1, feedback_reduction="mean").feedback(x, t)
+    with DropInLFPOptimizer(model, lr=0.1, normalize=False) as opt:
+        ours = dropin_feedback(model, F.cross_entropy(model(x), t), opt)
+    assert vars(model)["forward"] is own_forward
+    assert calls == [4, 4]
+    for name, expected in explicit.items():
+        assert relative_error(ours[name], expected) <= 1e-6, name
+
+
+def test_two_dropin_optimizers_on_one_model_trace_once_and_close_in_reverse_order():
+    model, x, t = make_cnn(), torch.randn(4, 1, 8, 8), torch.randint(0, 5, (4,))
+    first = DropInLFPOptimizer(model, lr=0.1)
+    expected = plain_gradients(model, x, t)
+    second = DropInLFPOptimizer(model, lr=0.1)
+    assert all(torch.equal(a, b) for a, b in zip(plain_gradients(model, x, t), expected, strict=True))
+    with pytest.raises(RuntimeError, match="close the one attached last first"):
+        first.close()
+    second.close()
+    first.close()
+    assert "forward" not in vars(model)
 
 
 def test_a_failing_forward_leaves_no_mode_behind():

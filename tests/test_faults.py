@@ -7,7 +7,9 @@ For every model family of `hardening` and both optimizers, an exception is raise
 * in the backward pass, when it reaches each module's output;
 * in the reward (``LFPOptimizer``) or the loss (``DropInLFPOptimizer``);
 * at every single torch function call the step makes up to and including the backward pass (the
-  small families).
+  small families), and from there up to the base optimizer's step (the CNN, with and without
+  clipping), and in a step pre-hook of the base optimizer;
+* ``KeyboardInterrupt`` in the middle of a forward, of either optimizer.
 
 After each fault the suites compare a bit-exact `hardening.Snapshot` (parameters, buffers
 including BatchNorm's running statistics and ``num_batches_tracked``, ``.grad`` values and
@@ -101,14 +103,11 @@ def fault_sites(family_name: str, model: nn.Module) -> tuple[list[tuple[str, nn.
     return kept, kept[::4]
 
 
-def expect_fault(
-    site: str, run: Callable[[], object], exception: type[BaseException] = InjectedFault, *, known_gap: bool = False
-) -> None:
-    """Run, expecting the injected fault; count it unless it probes a known gap (an xfail test)."""
+def expect_fault(site: str, run: Callable[[], object], exception: type[BaseException] = InjectedFault) -> None:
+    """Run, expecting the injected fault, and count it."""
     with pytest.raises(exception):
         run()
-    if not known_gap:
-        FAULTS[site] += 1
+    FAULTS[site] += 1
 
 
 def assert_unchanged(
@@ -206,18 +205,12 @@ def torch_calls(
 
 
 def inject_at_every_call(
-    calls: range,
-    model: nn.Module,
-    optimizer: LFPOptimizer,
-    run: Callable[[], object],
-    site: str,
-    *,
-    known_gap: bool = False,
+    calls: range, model: nn.Module, optimizer: LFPOptimizer, run: Callable[[], object], site: str
 ) -> None:
     before = Snapshot.take(model, optimizer)
     for fail_at in calls:
         with FaultAtCall(fail_at):
-            expect_fault(site, run, known_gap=known_gap)
+            expect_fault(site, run)
         assert_unchanged(before, model, optimizer, f"at torch call {fail_at} ({site})")
 
 
@@ -257,26 +250,22 @@ def test_a_failed_accumulate_leaves_the_accumulated_feedback_alone():
     assert same_buffers(model, twin) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after the backward pass LFPOptimizer.step has left BatchNorm statistics updated and then sets .grad; "
-    "a fault before the base step keeps both; fix proposed on issue 9: restore them until the base step",
-)
-def test_lfp_step_survives_a_fault_between_the_backward_and_the_base_step():
+@pytest.mark.parametrize("clip_norm", [None, 0.5])
+def test_lfp_step_survives_a_fault_between_the_backward_and_the_base_step(clip_norm):
+    """Scaling the feedback, its finiteness check, clipping: BatchNorm statistics and ``.grad`` are put back."""
     model, optimizer = warmed_up_lfp("cnn")
+    optimizer.clip_norm = clip_norm
     batch = FAMILIES["cnn"].batch(seed=3)
-    names, before_base_step = torch_calls(twin_of(model, optimizer, make_lfp)[1], "step", batch)
+    twin, twin_optimizer = twin_of(model, optimizer, make_lfp)
+    counter = twin_of(model, optimizer, make_lfp)[1]
+    twin_optimizer.clip_norm = counter.clip_norm = clip_norm
+    names, before_base_step = torch_calls(counter, "step", batch)
     calls = range(names.index("grad") + 2, before_base_step + 1)
     assert len(calls) >= 5
-    step = lambda: optimizer.step(*batch)  # noqa: E731
-    inject_at_every_call(calls, model, optimizer, step, "lfp step after backward", known_gap=True)
+    inject_at_every_call(calls, model, optimizer, lambda: optimizer.step(*batch), "lfp step after backward")
+    assert_next_lfp_step_is_the_twins(model, optimizer, twin, twin_optimizer, "cnn")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LFPOptimizer.step sets .grad before the base optimizer steps and does not put it back if that "
-    "raises; fix proposed on issue 9: restore the previous .grad on any exception",
-)
 def test_lfp_step_restores_grad_when_the_base_optimizer_raises():
     model, optimizer = warmed_up_lfp("cnn")
     for param in model.parameters():
@@ -287,7 +276,7 @@ def test_lfp_step_restores_grad_when_the_base_optimizer_raises():
         raise InjectedFault("base optimizer")
 
     handle = optimizer.base.register_step_pre_hook(refuse)
-    expect_fault("lfp base step", lambda: optimizer.step(*FAMILIES["cnn"].batch(seed=3)), known_gap=True)
+    expect_fault("lfp base step", lambda: optimizer.step(*FAMILIES["cnn"].batch(seed=3)))
     handle.remove()
     assert_unchanged(before, model, optimizer, "in the base optimizer's step")
 
@@ -415,13 +404,8 @@ def test_dropin_loop_survives_a_fault_at_every_torch_call(family_name):
     assert_next_dropin_iteration_is_a_fresh_optimizers(model, optimizer, family_name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DropInLFPOptimizer pops its torch-function mode in a forward hook, which PyTorch does not call on "
-    "BaseException (KeyboardInterrupt): the mode stays on the thread's stack and rewrites every later gradient "
-    "until the model's next forward; fix proposed on issue 9",
-)
 def test_keyboard_interrupt_in_a_dropin_forward_leaves_no_mode_behind():
+    """A hook that pops the mode would not run on ``KeyboardInterrupt``: the drop-in's forward wrapper does."""
     model, optimizer, _ = warmed_up_dropin("mlp")
     inputs, _ = FAMILIES["mlp"].batch(seed=3)
     # a computation that has nothing to do with the model, and its true gradient
@@ -429,7 +413,7 @@ def test_keyboard_interrupt_in_a_dropin_forward_leaves_no_mode_behind():
     (expected,) = torch.autograd.grad(F.silu(F.linear(a, weight)).sum(), a)
 
     with fault_after_forward(model[1], KeyboardInterrupt()):
-        expect_fault("dropin KeyboardInterrupt", lambda: model(inputs), KeyboardInterrupt, known_gap=True)
+        expect_fault("dropin KeyboardInterrupt", lambda: model(inputs), KeyboardInterrupt)
     stack_after_interrupt = torch._C._len_torch_function_stack()
     (actual,) = torch.autograd.grad(F.silu(F.linear(a, weight)).sum(), a)
     optimizer.close()  # leaves no mode behind in any case, for the tests that follow

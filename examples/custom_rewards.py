@@ -21,9 +21,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from torch import nn
+from _digits import load_digits_split, make_mlp  # examples/_digits.py, next to this file
 
 from lfpoptim import LFPOptimizer, SoftmaxLossReward
 
@@ -75,19 +73,11 @@ class YesNoFeedbackReward:
 # --8<-- [end:yes-no]
 
 
-def load() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    images, labels = load_digits(return_X_y=True)
-    inputs = (images / 16.0 - 0.5) / 0.5
-    train_x, test_x, train_y, test_y = train_test_split(inputs, labels, test_size=0.2, random_state=0, stratify=labels)
-    as_float = lambda array: torch.tensor(array, dtype=torch.float32)  # noqa: E731
-    return as_float(train_x), torch.tensor(train_y), as_float(test_x), torch.tensor(test_y)
-
-
 def train(reward: Reward, epochs: int) -> tuple[list[float], float]:
     """Test accuracy after every epoch and the final recall of the digit 8; same start and batches for all."""
-    train_x, train_y, test_x, test_y = load()
+    train_x, train_y, test_x, test_y = load_digits_split()
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    model = make_mlp()
     optimizer = LFPOptimizer(model, reward, lr=0.1, momentum=0.9)
     batch_order = torch.Generator().manual_seed(0)
     accuracies = []

@@ -19,8 +19,7 @@ import os
 
 import torch
 import torch.distributed as dist
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from _digits import accuracy, load_digits_split, make_mlp  # examples/_digits.py, next to this file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -30,24 +29,6 @@ from lfpoptim import LFPOptimizer, SoftmaxLossReward
 GLOBAL_BATCH_SIZE = 128
 LEARNING_RATE = 0.1
 MOMENTUM = 0.9
-
-
-def load_data() -> tuple[TensorDataset, torch.Tensor, torch.Tensor]:
-    """Train set as a dataset, test inputs and labels; 8x8 images as 64 features in [-1, 1]."""
-    images, labels = load_digits(return_X_y=True)
-    inputs = (images / 16.0 - 0.5) / 0.5
-    train_x, test_x, train_y, test_y = train_test_split(inputs, labels, test_size=0.2, random_state=0, stratify=labels)
-    train = TensorDataset(torch.tensor(train_x, dtype=torch.float32), torch.tensor(train_y))
-    return train, torch.tensor(test_x, dtype=torch.float32), torch.tensor(test_y)
-
-
-def make_mlp() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-    return (model(inputs).argmax(dim=1) == targets).float().mean().item()
 
 
 def identical_on_all_ranks(model: nn.Module) -> bool:
@@ -79,7 +60,8 @@ def main() -> None:
     if use_cuda:
         torch.cuda.set_device(device)
 
-    train, test_inputs, test_targets = load_data()
+    train_inputs, train_targets, test_inputs, test_targets = load_digits_split()
+    train = TensorDataset(train_inputs, train_targets)
     sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=0)
     loader = DataLoader(train, batch_size=GLOBAL_BATCH_SIZE // world_size, sampler=sampler)
 

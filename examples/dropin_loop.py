@@ -16,31 +16,20 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from _digits import accuracy, load_digits_split, make_mlp  # examples/_digits.py, next to this file
 from torch import nn
 
 import lfpoptim
 
 
-def load() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    features, labels = load_digits(return_X_y=True)
-    features = (features / 16.0 - 0.5) / 0.5
-    train_x, test_x, train_y, test_y = train_test_split(
-        features, labels, test_size=0.2, random_state=0, stratify=labels
-    )
-    as_float = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    return as_float(train_x), torch.tensor(train_y), as_float(test_x), torch.tensor(test_y)
-
-
 def make_model(seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    return make_mlp()
 
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, epochs: int, steps: int | None) -> list[float]:
     """The unchanged SGD loop: nothing here knows about LFP."""
-    train_x, train_y, test_x, test_y = load()
+    train_x, train_y, test_x, test_y = load_digits_split()
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10, gamma=0.5)
     generator = torch.Generator().manual_seed(0)
     accuracies = []
@@ -56,8 +45,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, epochs: int, steps
             optimizer.step()
         scheduler.step()
         model.eval()
-        with torch.no_grad():
-            accuracies.append(float((model(test_x).argmax(dim=1) == test_y).float().mean()))
+        accuracies.append(accuracy(model, test_x, test_y))
     return accuracies
 
 

@@ -17,37 +17,12 @@ import argparse
 import copy
 
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from _digits import accuracy, load_digits_split, make_lenet  # examples/_digits.py, next to this file
 from torch import nn
 
 from lfpoptim import LFPOptimizer, SoftmaxLossReward
 
 BATCH_SIZE = 128
-
-
-def load() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    images, labels = load_digits(return_X_y=True)
-    inputs = ((images / 16.0 - 0.5) / 0.5).reshape(-1, 1, 8, 8)
-    train_x, test_x, train_y, test_y = train_test_split(inputs, labels, test_size=0.2, random_state=0, stratify=labels)
-    as_float = lambda array: torch.tensor(array, dtype=torch.float32)  # noqa: E731
-    return as_float(train_x), torch.tensor(train_y), as_float(test_x), torch.tensor(test_y)
-
-
-def make_lenet() -> nn.Sequential:
-    """A LeNet for 1x8x8 digits: two 3x3 convolutions with max pooling, two linear layers."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, kernel_size=3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, kernel_size=3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 2 * 2, 64),
-        nn.ReLU(),
-        nn.Linear(64, 10),
-    )
 
 
 # --8<-- [start:reference-settings]
@@ -78,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     epochs = 1 if args.smoke else args.epochs
     torch.set_num_threads(1)
-    train_x, train_y, test_x, test_y = load()
+    train_x, train_y, test_x, test_y = load_digits_split(image_shape=(1, 8, 8))
 
     torch.manual_seed(0)
     start = make_lenet()
@@ -98,8 +73,7 @@ def main() -> None:
             for batch in torch.randperm(len(train_y), generator=batch_order).split(BATCH_SIZE):
                 optimizer.step(train_x[batch], train_y[batch])  # forward, reward, LFP, -feedback -> .grad, SGD step
             # --8<-- [end:loop]
-            with torch.no_grad():
-                accuracies.append(float((model(test_x).argmax(dim=1) == test_y).float().mean()))
+            accuracies.append(accuracy(model, test_x, test_y))
         print(f"{name:>18}: " + " ".join(f"{accuracy:.3f}" for accuracy in accuracies))
 
 

@@ -30,8 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from _digits import Digits, accuracy, load_digits_split, make_lenet  # examples/_digits.py, next to this file
 from torch import nn
 
 from lfpoptim import LFPOptimizer, SoftmaxLossReward
@@ -54,16 +53,6 @@ CRITERIA = ("magnitude", "relevance")
 
 
 @dataclass
-class Digits:
-    """The digits split into a fixed, stratified train and test set (1x8x8 images in [-1, 1])."""
-
-    train_inputs: torch.Tensor
-    train_targets: torch.Tensor
-    test_inputs: torch.Tensor
-    test_targets: torch.Tensor
-
-
-@dataclass
 class Run:
     """One trained model of one seed, and what was measured on it."""
 
@@ -72,39 +61,6 @@ class Run:
     curves: dict[str, PruningCurve]
     update_sparsity: dict[str, float]
     weight_gini: dict[str, float]
-
-
-def load_data() -> Digits:
-    images, labels = load_digits(return_X_y=True)
-    inputs = ((images / 16.0 - 0.5) / 0.5).reshape(-1, 1, 8, 8)
-    train_x, test_x, train_y, test_y = train_test_split(inputs, labels, test_size=0.2, random_state=0, stratify=labels)
-    return Digits(
-        torch.tensor(train_x, dtype=torch.float32),
-        torch.tensor(train_y),
-        torch.tensor(test_x, dtype=torch.float32),
-        torch.tensor(test_y),
-    )
-
-
-def make_lenet() -> nn.Sequential:
-    """conv3x3(1->16)-ReLU-maxpool-conv3x3(16->32)-ReLU-maxpool-flatten-fc(128->64)-ReLU-fc(64->10)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, kernel_size=3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, kernel_size=3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 2 * 2, 64),
-        nn.ReLU(),
-        nn.Linear(64, 10),
-    )
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-    return (model(inputs).argmax(dim=1) == targets).float().mean().item()
 
 
 def train_pair(data: Digits, seed: int, epochs: int) -> tuple[dict[str, nn.Module], dict[str, SparsityTracker]]:
@@ -213,7 +169,7 @@ def main() -> None:
     # The model is tiny: threads would only wait for each other, and one thread keeps runs reproducible.
     torch.set_num_threads(1)
     start = time.perf_counter()
-    data = load_data()
+    data = load_digits_split(image_shape=(1, 8, 8))
     runs: dict[str, list[Run]] = {optimizer: [] for optimizer in OPTIMIZERS}
     for seed in range(seeds):
         models, trackers = train_pair(data, seed, epochs)

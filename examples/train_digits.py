@@ -25,9 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from torch import nn
+from _digits import Digits, accuracy, load_digits_split, make_mlp  # examples/_digits.py, next to this file
 from tqdm import tqdm
 
 from lfpoptim import LFPOptimizer, SoftmaxLossReward
@@ -38,48 +36,11 @@ MOMENTUM = 0.9
 
 
 @dataclass
-class Digits:
-    """The digits split into a fixed, stratified train and test set (8x8 images as 64 features in [-1, 1])."""
-
-    train_inputs: torch.Tensor
-    train_targets: torch.Tensor
-    test_inputs: torch.Tensor
-    test_targets: torch.Tensor
-
-
-@dataclass
 class Curves:
     """Test accuracy after every epoch, for one seed."""
 
     lfp: list[float] = field(default_factory=list)
     sgd: list[float] = field(default_factory=list)
-
-
-def load_data() -> Digits:
-    images, labels = load_digits(return_X_y=True)
-    inputs = (images / 16.0 - 0.5) / 0.5
-    train_x, test_x, train_y, test_y = train_test_split(inputs, labels, test_size=0.2, random_state=0, stratify=labels)
-    return Digits(
-        torch.tensor(train_x, dtype=torch.float32),
-        torch.tensor(train_y),
-        torch.tensor(test_x, dtype=torch.float32),
-        torch.tensor(test_y),
-    )
-
-
-def make_mlp() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(64, 256),
-        nn.ReLU(),
-        nn.Linear(256, 256),
-        nn.ReLU(),
-        nn.Linear(256, 10),
-    )
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-    return (model(inputs).argmax(dim=1) == targets).float().mean().item()
 
 
 def train_one_seed(data: Digits, seed: int, epochs: int, progress: tqdm) -> Curves:
@@ -142,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     epochs, seeds = (1, 1) if args.smoke else (args.epochs, args.seeds)
 
-    data = load_data()
+    data = load_digits_split()
     curves_per_seed = []
     with tqdm(total=epochs * seeds, desc="training", unit="epoch") as progress:
         for seed in range(seeds):

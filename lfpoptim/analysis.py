@@ -38,6 +38,12 @@ def sparsity(tensor: torch.Tensor, threshold: float = 0.0) -> float:
     Args:
         tensor: any tensor with at least one element.
         threshold: entries whose magnitude is at most this count as zero.
+
+    Returns:
+        the fraction, in ``[0, 1]``.
+
+    Raises:
+        ValueError: if ``tensor`` is empty or ``threshold`` is negative.
     """
     if tensor.numel() == 0:
         raise ValueError("sparsity of an empty tensor is undefined")
@@ -62,8 +68,14 @@ def gini(tensor: torch.Tensor) -> float:
     non-zero. Unlike a count of zeros it is scale-invariant and sees weights that are small
     without being exactly zero.
 
+    Args:
+        tensor: any tensor with at least one element; only its magnitudes count.
+
     Returns:
         ``G``, or ``nan`` for an all-zero tensor (0/0: every value is a limit of some sequence).
+
+    Raises:
+        ValueError: if ``tensor`` is empty.
     """
     if tensor.numel() == 0:
         raise ValueError("the Gini index of an empty tensor is undefined")
@@ -83,6 +95,12 @@ def effective_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]
     A parameter reparametrised by `torch.nn.utils.prune` (``weight_orig`` and the buffer
     ``weight_mask``) is given as the masked ``weight`` under the name ``"<module>.weight"``; every
     other parameter as `torch.nn.Module.named_parameters` gives it.
+
+    Args:
+        model: the network, pruned or not.
+
+    Yields:
+        ``(name, tensor)`` pairs, each parameter once even if modules share it.
     """
     seen: set[int] = set()
     for module_name, module in model.named_modules():
@@ -104,17 +122,44 @@ def update_sparsity(updates: Mapping[str, torch.Tensor]) -> dict[str, float]:
     Args:
         updates: feedback by parameter name, as `lfpoptim.LFPOptimizer.feedback` returns it,
             or any other name -> tensor mapping (gradients, ``.grad`` after a step).
+
+    Returns:
+        `sparsity` of each tensor, by the same names.
+
+    Raises:
+        ValueError: if a tensor is empty.
     """
     return {name: sparsity(update) for name, update in updates.items()}
 
 
 def weight_sparsity(model: nn.Module, threshold: float = 0.0) -> dict[str, float]:
-    """`sparsity` of every parameter tensor of ``model``, by name (pruned ones as masked)."""
+    """`sparsity` of every parameter tensor of ``model``, by name (pruned ones as masked).
+
+    Args:
+        model: the network.
+        threshold: weights whose magnitude is at most this count as zero.
+
+    Returns:
+        the fraction of zero weights by parameter name, as `effective_parameters` names them.
+
+    Raises:
+        ValueError: if ``threshold`` is negative or a parameter is empty.
+    """
     return {name: sparsity(param, threshold) for name, param in effective_parameters(model)}
 
 
 def weight_gini(model: nn.Module) -> dict[str, float]:
-    """`gini` of every parameter tensor of ``model``, by name (pruned ones as masked)."""
+    """`gini` of every parameter tensor of ``model``, by name (pruned ones as masked).
+
+    Args:
+        model: the network.
+
+    Returns:
+        the Gini index by parameter name (``nan`` for an all-zero tensor).
+
+    Raises:
+        ValueError: if a parameter is empty.
+    """
     return {name: gini(param) for name, param in effective_parameters(model)}
 
 
@@ -130,6 +175,9 @@ def zero_parameters(model: nn.Module, params: Iterable[torch.Tensor] | None = No
         model: the network.
         params: only consider these parameters (e.g. those an optimizer trains); all of the
             model's when ``None``.
+
+    Returns:
+        the names, as `torch.nn.Module.named_parameters` gives them; empty if there are none.
     """
     wanted = None if params is None else {id(param) for param in params}
     return [
@@ -160,6 +208,9 @@ def warn_zero_parameters(
         params: only consider these parameters; all of the model's when ``None``.
         stacklevel: as in `warnings.warn`; the default points at the caller's caller, the
             line that constructed an optimizer calling this from its ``__init__``.
+
+    Returns:
+        the names `zero_parameters` found.
     """
     zeroed = zero_parameters(model, params)
     if zeroed:
@@ -216,6 +267,9 @@ class SparsityTracker:
         threshold: weights with magnitude at most this count as zero in ``weight_sparsity``.
         track_gini: also record the Gini index of every parameter tensor.
         records: one `SparsityRecord` per measured step.
+
+    Raises:
+        ValueError: if ``every`` is below 1 or ``threshold`` is negative.
     """
 
     model: nn.Module
@@ -233,7 +287,11 @@ class SparsityTracker:
 
     @torch.no_grad()
     def update(self) -> SparsityRecord | None:
-        """Measure now (if this call is one of every ``every``) and return the new record."""
+        """Measure now (if this call is one of every ``every``) and return the new record.
+
+        Returns:
+            the record appended to ``records``, or ``None`` if this call was skipped.
+        """
         self._calls += 1
         if (self._calls - 1) % self.every:
             return None
@@ -248,7 +306,11 @@ class SparsityTracker:
         return record
 
     def mean_update_sparsity(self) -> dict[str, float]:
-        """The update sparsity of each parameter, averaged over the recorded steps that had its ``.grad``."""
+        """The update sparsity of each parameter, averaged over the recorded steps that had its ``.grad``.
+
+        Returns:
+            the mean fraction of zeros by parameter name; empty before the first record.
+        """
         values: dict[str, list[float]] = {}
         for record in self.records:
             for name, value in record.update_sparsity.items():

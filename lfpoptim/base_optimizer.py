@@ -27,6 +27,18 @@ def build_base_optimizer(
 
     A string goes through ``timm.optim.create_optimizer_v2`` (with the model, so that timm's
     weight-decay grouping applies).
+
+    Args:
+        base: an optimizer class, a ``functools.partial`` of one, or a timm optimizer name.
+        model: the network; its parameters are used when ``params`` is ``None``.
+        params: parameters or parameter groups to optimise, as for any ``torch.optim.Optimizer``.
+        kwargs: keyword arguments for ``base`` (``lr``, ``momentum``, ...).
+
+    Returns:
+        the optimizer ``base`` built.
+
+    Raises:
+        TypeError: if ``base`` is not callable or does not build a ``torch.optim.Optimizer``.
     """
     if isinstance(base, str):
         from timm.optim import create_optimizer_v2
@@ -46,11 +58,17 @@ class WrappedOptimizer(torch.optim.Optimizer):
     """Shares ``param_groups``, ``state`` and ``defaults`` with ``base`` and delegates checkpoints to it.
 
     Subclasses implement ``step``; they write ``.grad`` and call ``self.base.step()``.
+
+    Args:
+        base: the optimizer that applies the update.
+
+    Attributes:
+        base: the optimizer that applies the update.
     """
 
     def __init__(self, base: torch.optim.Optimizer) -> None:
         super().__init__(base.param_groups, base.defaults)
-        self.base = base
+        self.base: torch.optim.Optimizer = base
         self._share_base_state()
 
     def _share_base_state(self) -> None:
@@ -63,12 +81,20 @@ class WrappedOptimizer(torch.optim.Optimizer):
         return self.base.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict saved by this optimizer or by a base optimizer of the same kind."""
+        """Load a state dict saved by this optimizer or by a base optimizer of the same kind.
+
+        Args:
+            state_dict: the state, as `state_dict` returns it.
+        """
         self.base.load_state_dict(state_dict)
         self._share_base_state()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group to the base optimizer (and so to this one)."""
+        """Add a parameter group to the base optimizer (and so to this one).
+
+        Args:
+            param_group: a dict with ``"params"`` and any per-group options (``"lr"``, ...).
+        """
         if "base" not in self.__dict__:  # called by torch.optim.Optimizer.__init__
             super().add_param_group(param_group)
             return

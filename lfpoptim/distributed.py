@@ -94,6 +94,12 @@ def unwrap_model(model: nn.Module) -> UnwrappedModel:
       The compiled wrapper stays what ``model(x)`` runs, for evaluation.
     * Modules compiled in place (``module.compile()``) cannot be unwrapped: their forward goes
       through Dynamo as described. A `CompiledModelWarning` says so, once per model.
+
+    Args:
+        model: the model an optimizer was given, wrapped or not.
+
+    Returns:
+        the innermost module and the wrappers found around it.
     """
     module, ddp, compiled = model, None, False
     while True:
@@ -142,6 +148,12 @@ def default_process_group(model: nn.Module) -> ProcessGroup | None:
 
     A ``DistributedDataParallel`` model's own group; for any other model the default (world)
     group once ``torch.distributed`` is initialised. ``None`` if that group has one process.
+
+    Args:
+        model: the model being trained, wrapped in ``DistributedDataParallel`` or not.
+
+    Returns:
+        the group, or ``None`` when there is nothing to reduce over.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return None
@@ -180,6 +192,10 @@ def broadcast_buffers_(module: nn.Module, group: ProcessGroup | None = None) -> 
     rank 0's buffers at every forward, and `LFPOptimizer` does the same for a DDP-wrapped model
     before each step's first forward. For a plain model call this yourself, e.g. before
     evaluating or saving. One ``broadcast`` per device and dtype.
+
+    Args:
+        module: the model whose buffers to synchronise; every rank of ``group`` must call this.
+        group: the process group; the default (world) group if ``None``.
     """
     buffers = list(module.buffers())
     source = _first_rank(group)
@@ -203,16 +219,30 @@ class FeedbackSum:
         params: the parameters the factors belong to (kept to check later additions).
         grads: the first pass's factors, one per parameter; owned (added to in place) from now on.
         samples: how many samples the first pass saw.
+
+    Attributes:
+        params: the parameters, in the order of ``grads``.
+        grads: the summed factors, one per parameter.
+        samples: how many samples the sum covers.
     """
 
     def __init__(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], samples: int) -> None:
-        self.params = list(params)
-        self.grads = list(grads)
-        self.samples = samples
+        self.params: list[torch.Tensor] = list(params)
+        self.grads: list[torch.Tensor] = list(grads)
+        self.samples: int = samples
 
     @torch.no_grad()
     def add_(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], samples: int) -> None:
-        """Add another pass's factors (for the same parameters) and its sample count."""
+        """Add another pass's factors (for the same parameters) and its sample count.
+
+        Args:
+            params: the parameters of that pass: the same tensors, in the same order, as ``params``.
+            grads: its factors, one per parameter, added into ``grads`` in place.
+            samples: how many samples it saw.
+
+        Raises:
+            RuntimeError: if ``params`` are not the parameters of the first pass.
+        """
         if len(params) != len(self.params) or any(a is not b for a, b in zip(params, self.params, strict=True)):
             raise RuntimeError(
                 "the trainable parameters changed since the first accumulate() of this step "
@@ -230,6 +260,9 @@ class FeedbackSum:
         the sample count into the first float32/float64 buffer, and each buffer is summed by one
         asynchronous ``all_reduce``; afterwards ``grads`` are views into those buffers. If this
         raises, nothing has changed.
+
+        Args:
+            group: the process group; the default (world) group if ``None``.
         """
         groups = _flat_groups(self.grads)
         count_key = next((key for key in groups if key[1] in (torch.float32, torch.float64)), None)
@@ -264,7 +297,14 @@ class FeedbackSum:
 
     @torch.no_grad()
     def feedback_factors(self, mean: bool) -> list[torch.Tensor]:
-        """The summed factors, divided in place by the number of samples if ``mean`` (and there were any)."""
+        """The summed factors, divided in place by the number of samples if ``mean`` (and there were any).
+
+        Args:
+            mean: divide by the sample count (``feedback_reduction="mean"``); else return the sums.
+
+        Returns:
+            ``grads``, one tensor per parameter.
+        """
         if mean and self.samples > 0:
             torch._foreach_div_(self.grads, float(self.samples))
         return self.grads

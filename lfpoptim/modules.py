@@ -13,6 +13,12 @@ def heaviside(x: torch.Tensor) -> torch.Tensor:
     Autograd sees a constant, so gradient descent cannot train through it. Under LFP the
     activation's identity rule carries reward through it unchanged. The function takes part in
     torch's function overrides so that the LFP engine can recognise it.
+
+    Args:
+        x: any tensor.
+
+    Returns:
+        ones where ``x > 0``, zeros elsewhere, in ``x``'s dtype and shape.
     """
     if has_torch_function_unary(x):
         return handle_torch_function(heaviside, (x,), x)
@@ -23,4 +29,12 @@ class Heaviside(nn.Module):
     """Module form of `heaviside`: a spiking-style step activation."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply `heaviside`.
+
+        Args:
+            x: any tensor.
+
+        Returns:
+            ``heaviside(x)``.
+        """
         return heaviside(x)

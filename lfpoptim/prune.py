@@ -65,6 +65,12 @@ def prunable_weights(model: nn.Module) -> list[str]:
 
     Biases and normalisation parameters are left out: they are few, and pruning them rarely
     saves anything. Pass other names to the pruning functions to prune those too.
+
+    Args:
+        model: the network.
+
+    Returns:
+        parameter names such as ``"features.0.weight"``, in module order.
     """
     return [
         f"{module_name}.weight" if module_name else "weight"
@@ -156,6 +162,11 @@ def magnitude_prune(
         scope: ``"global"`` ranks all chosen weights together, ``"layer"`` each tensor separately.
         names: parameter names to prune (``"features.0.weight"``); by default the weights of all
             linear and convolution layers (`prunable_weights`).
+
+    Raises:
+        TypeError: if ``amount`` is neither a float nor an int.
+        ValueError: if ``amount`` or ``scope`` is out of range, a name is not a parameter of
+            ``model``, or there is nothing to prune.
     """
     _prune(model, amount, scope, names, scores=None)
 
@@ -179,6 +190,12 @@ def relevance_prune(
             Global ranking compares scores across layers, which the accumulated feedback allows:
             it is the reward each weight carries, on one scale for the whole network.
         names: parameter names to prune; by default those of `prunable_weights`.
+
+    Raises:
+        TypeError: if ``amount`` is neither a float nor an int.
+        ValueError: if ``amount`` or ``scope`` is out of range, a name is not a parameter of
+            ``model``, or a score's shape differs from its parameter's.
+        KeyError: if ``scores`` lacks one of the parameters to prune.
     """
     _prune(model, amount, scope, names, scores=scores)
 
@@ -215,6 +232,9 @@ def feedback_scores(
         scores by parameter name, shaped like each parameter. A parameter pruned before is named
         without the ``_orig`` suffix (``"0.weight"``), so that the scores index the pruning
         functions directly; its pruned entries score 0.
+
+    Raises:
+        ValueError: if ``batches`` is empty.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ZeroParameterWarning)  # scoring trains nothing
@@ -250,6 +270,13 @@ def pruned_fraction(model: nn.Module, names: Sequence[str] | None = None) -> flo
     Args:
         model: the network, pruned or not.
         names: parameter names; by default those of `prunable_weights`.
+
+    Returns:
+        the fraction, in ``[0, 1]``.
+
+    Raises:
+        ValueError: if a name is not a parameter of ``model``, or no name is given and the model
+            has no linear or convolution layer.
     """
     wanted = {name for name, _, _ in _resolve(model, names)}
     tensors = [param for name, param in effective_parameters(model) if name in wanted]
@@ -260,6 +287,9 @@ def pruned_fraction(model: nn.Module, names: Sequence[str] | None = None) -> flo
 
 def remove_masks(model: nn.Module) -> list[str]:
     """Make pruning permanent: every masked parameter becomes a plain one with zeros, in place.
+
+    Args:
+        model: the network pruned with `torch.nn.utils.prune`.
 
     Returns:
         the names of the parameters that were unmasked.
@@ -308,6 +338,13 @@ def pruning_curve(
             `feedback_scores`); by weight magnitude (`magnitude_prune`) if ``None``.
         scope: ``"global"`` or ``"layer"``, as in `magnitude_prune`.
         names: the parameters to prune; by default those of `prunable_weights`.
+
+    Returns:
+        the fractions with the metric at each.
+
+    Raises:
+        ValueError: if a fraction lies outside ``[0, 1]``, or as `magnitude_prune` and
+            `relevance_prune` raise.
     """
     values = []
     for fraction in fractions:
@@ -337,6 +374,9 @@ def plot_pruning_curves(
 
     Returns:
         the axes drawn on (``ax.figure.savefig(path)`` saves the plot).
+
+    Raises:
+        ValueError: if a label has no curves, or curves under one label have different fractions.
     """
     import matplotlib.pyplot as plt  # an optional dependency: imported only when plotting
 

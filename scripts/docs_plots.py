@@ -47,6 +47,8 @@ MEMORY_TARGET = 1.1
 
 def load_example(name: str) -> ModuleType:
     """Import ``examples/<name>.py`` as a module (``examples/`` is not a package)."""
+    if str(ROOT / "examples") not in sys.path:
+        sys.path.insert(0, str(ROOT / "examples"))  # as for `python examples/<name>.py`: they import _digits
     spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     if spec is None or spec.loader is None:
         raise FileNotFoundError(f"examples/{name}.py not found")
@@ -60,7 +62,7 @@ def digits_learning_curves(out: Path, smoke: bool) -> Path:
     """Test accuracy per epoch of LFP and SGD on digits, with ``examples/train_digits.py``'s own code."""
     train_digits = load_example("train_digits")
     seeds, epochs = (1, 2) if smoke else (3, 30)
-    data = train_digits.load_data()
+    data = train_digits.load_digits_split()
     with tqdm(total=seeds * epochs, desc="digits", unit="epoch", disable=True) as progress:
         curves = [train_digits.train_one_seed(data, seed, epochs, progress) for seed in range(seeds)]
     path = out / "digits_learning_curves.png"
@@ -145,7 +147,7 @@ def feedback_sparsity(out: Path, smoke: bool) -> Path:
     """Update sparsity and weight Gini index while training the digits MLP with LFP and with SGD."""
     train_digits = load_example("train_digits")
     epochs = 1 if smoke else 30
-    data = train_digits.load_data()
+    data = train_digits.load_digits_split()
     torch.manual_seed(0)
     lfp_model = train_digits.make_mlp()
     sgd_model = copy.deepcopy(lfp_model)

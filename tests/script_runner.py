@@ -33,17 +33,20 @@ def run_script(*args: str, timeout: int = 300, env: dict[str, str] | None = None
 def run_in_process(script: str, *args: str) -> str:
     """Run a repository script as ``__main__`` in this process (no second torch import); return its stdout.
 
-    The torch thread count and random state it changes are restored afterwards. Scripts that
-    register presets run in a subprocess instead (`run_script`): the registry is global.
+    As ``python script`` does, the script's folder comes first on ``sys.path`` (the examples import
+    ``examples/_digits.py``). The torch thread count and random state it changes are restored
+    afterwards. Scripts that register presets run in a subprocess instead (`run_script`): the
+    registry is global.
     """
     threads = torch.get_num_threads()
-    argv = sys.argv
+    argv, path = sys.argv, sys.path
     stdout = io.StringIO()
     try:
         sys.argv = [script, *args]
+        sys.path = [str((ROOT / script).parent), *path]
         with torch.random.fork_rng(), contextlib.redirect_stdout(stdout):
             runpy.run_path(str(ROOT / script), run_name="__main__")
     finally:
-        sys.argv = argv
+        sys.argv, sys.path = argv, path
         torch.set_num_threads(threads)
     return stdout.getvalue()

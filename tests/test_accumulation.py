@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -29,6 +30,18 @@ def concatenated(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torc
     return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
 
 
+def twin_optimizers(**settings: Any) -> tuple[nn.Module, LFPOptimizer, nn.Module, LFPOptimizer]:
+    """A new model and a copy with the same weights, each trained by an LFPOptimizer with ``settings``."""
+    model = make_model()
+    reference = copy.deepcopy(model)
+    return (
+        model,
+        LFPOptimizer(model, SoftmaxLossReward(), **settings),
+        reference,
+        LFPOptimizer(reference, SoftmaxLossReward(), **settings),
+    )
+
+
 def assert_same_parameters_and_grads(model: nn.Module, reference: nn.Module) -> None:
     for (name, param), expected in zip(model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(param.grad, expected.grad, rtol=1e-5, atol=1e-6, msg=name)
@@ -37,12 +50,9 @@ def assert_same_parameters_and_grads(model: nn.Module, reference: nn.Module) -> 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_accumulated_micro_batches_equal_one_step_on_the_concatenated_batch(reduction: str) -> None:
-    model = make_model()
-    reference = copy.deepcopy(model)
     # "sum" adds up 32 samples' feedback: a smaller rate keeps the steps of the same size
     lr = 0.01 if reduction == "sum" else 0.2
-    opt = LFPOptimizer(model, SoftmaxLossReward(), lr=lr, momentum=0.9, feedback_reduction=reduction)
-    reference_opt = LFPOptimizer(reference, SoftmaxLossReward(), lr=lr, momentum=0.9, feedback_reduction=reduction)
+    model, opt, reference, reference_opt = twin_optimizers(lr=lr, momentum=0.9, feedback_reduction=reduction)
     for _ in range(3):  # momentum carries the accumulated steps into later ones
         batches = micro_batches()
         for x, y in batches:
@@ -54,10 +64,7 @@ def test_accumulated_micro_batches_equal_one_step_on_the_concatenated_batch(redu
 
 
 def test_step_with_inputs_after_accumulate_adds_the_last_micro_batch() -> None:
-    model = make_model()
-    reference = copy.deepcopy(model)
-    opt = LFPOptimizer(model, SoftmaxLossReward(), lr=0.2, clip_norm=0.5)
-    reference_opt = LFPOptimizer(reference, SoftmaxLossReward(), lr=0.2, clip_norm=0.5)
+    model, opt, reference, reference_opt = twin_optimizers(lr=0.2, clip_norm=0.5)
     batches = micro_batches()
     for x, y in batches[:-1]:
         opt.accumulate(x, y)
@@ -96,10 +103,7 @@ def test_step_without_inputs_and_nothing_accumulated_says_what_to_do() -> None:
 
 
 def test_zero_grad_discards_accumulated_feedback() -> None:
-    model = make_model()
-    reference = copy.deepcopy(model)
-    opt = LFPOptimizer(model, SoftmaxLossReward(), lr=0.2)
-    reference_opt = LFPOptimizer(reference, SoftmaxLossReward(), lr=0.2)
+    model, opt, reference, reference_opt = twin_optimizers(lr=0.2)
     first, second, _ = micro_batches()
     opt.accumulate(*first)
     opt.zero_grad()
@@ -110,10 +114,7 @@ def test_zero_grad_discards_accumulated_feedback() -> None:
 
 
 def test_failed_accumulate_leaves_the_sum_as_it_was() -> None:
-    model = make_model()
-    reference = copy.deepcopy(model)
-    opt = LFPOptimizer(model, SoftmaxLossReward(), lr=0.2)
-    reference_opt = LFPOptimizer(reference, SoftmaxLossReward(), lr=0.2)
+    model, opt, reference, reference_opt = twin_optimizers(lr=0.2)
     first, second, _ = micro_batches()
     opt.accumulate(*first)
     with pytest.raises(ValueError, match="reward contains NaN"):

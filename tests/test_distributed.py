@@ -169,6 +169,7 @@ def _run_example(rank: int, port: int, output: Path) -> None:
     """``examples/ddp_digits.py --smoke`` with the environment torchrun gives rank ``rank``."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_PORT=str(port))
     sys.argv = [str(EXAMPLE), "--smoke"]
+    sys.path.insert(0, str(EXAMPLE.parent))  # as torchrun does: the example imports examples/_digits.py
     with output.open("w") as stream, contextlib.redirect_stdout(stream):
         runpy.run_path(str(EXAMPLE), run_name="__main__")
 

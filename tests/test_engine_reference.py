@@ -193,6 +193,20 @@ def randomise_norms(model: nn.Module, generator: torch.Generator) -> None:
                 module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=generator))
 
 
+def conv_bn_relu_residual(in_channels: int, channels: int, add: AddForm) -> list[nn.Module]:
+    """Conv2d-BatchNorm2d-in-place ReLU, then conv-BN plus the identity, summed with ``add``, in-place ReLU."""
+    return [
+        nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+        Residual(
+            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)),
+            act=nn.ReLU(inplace=True),
+            add=add,
+        ),
+    ]
+
+
 def mlp(draw: Draws) -> tuple[nn.Module, tuple[int, ...]]:
     """Linear, BatchNorm1d, LayerNorm, Dropout, a Linear feeding a Linear, a residual block."""
     model = nn.Sequential(
@@ -239,14 +253,7 @@ def conv1d(draw: Draws) -> tuple[nn.Module, tuple[int, ...]]:
 def conv2d_residual(draw: Draws) -> tuple[nn.Module, tuple[int, ...]]:
     """Conv2d, BatchNorm2d, in-place ReLU, two residual blocks, MaxPool2d, AvgPool2d, Dropout2d."""
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False),
-        nn.BatchNorm2d(8),
-        nn.ReLU(inplace=True),
-        Residual(
-            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)),
-            act=nn.ReLU(inplace=True),
-            add=draw.add(),
-        ),
+        *conv_bn_relu_residual(3, 8, draw.add()),
         nn.MaxPool2d(2),
         Residual(
             nn.Sequential(
@@ -385,14 +392,7 @@ def test_batchnorm_residual_add_relu_matches_reference(
 ) -> None:
     """BN -> residual add -> in-place ReLU, with an identity and with a projection shortcut."""
     model = nn.Sequential(
-        nn.Conv2d(2, 6, 3, padding=1, bias=False),
-        nn.BatchNorm2d(6),
-        nn.ReLU(inplace=True),
-        Residual(
-            nn.Sequential(nn.Conv2d(6, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)),
-            act=nn.ReLU(inplace=True),
-            add=add,
-        ),
+        *conv_bn_relu_residual(2, 6, add),
         Residual(
             nn.Sequential(nn.Conv2d(6, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)),
             shortcut=nn.Sequential(nn.Conv2d(6, 8, 1, bias=False), nn.BatchNorm2d(8)),

@@ -238,7 +238,8 @@ def test_sgd_through_the_heaviside_spike_changes_nothing_while_lfp_learns() -> N
 def test_snn_digits_example_smoke_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     # in this process (the imports of a fresh interpreter would cost more than the run)
     monkeypatch.setattr(sys, "argv", ["snn_digits.py", "--smoke", "--resets", "subtract"])
-    runpy.run_path(str(EXAMPLES / "snn_digits.py"), run_name="__main__")
+    with torch.random.fork_rng():  # the example seeds torch: leave the other tests' random state alone
+        runpy.run_path(str(EXAMPLES / "snn_digits.py"), run_name="__main__")
     output = capsys.readouterr().out
     line = re.search(r"reset=subtract\s+final test accuracy (\d\.\d+)", output)
     assert line is not None, output
@@ -246,6 +247,23 @@ def test_snn_digits_example_smoke_run(monkeypatch: pytest.MonkeyPatch, capsys: p
 
 
 # -- snntorch, when installed -------------------------------------------------------------------
+
+
+def test_snntorch_neuron_without_snntorch_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lfpoptim.snn import convert_snntorch
+
+    monkeypatch.setitem(sys.modules, "snntorch", None)  # as if it were not installed: importing it fails
+    with pytest.raises(ImportError, match=r"pip install 'lfpoptim\[snn\]'"):
+        SpikingLayer(nn.Linear(3, 2), nn.ReLU())
+    with pytest.raises(ImportError, match="needs snntorch"):
+        convert_snntorch(nn.Sequential(nn.Linear(3, 2)))
+    assert isinstance(SpikingLayer(nn.Linear(3, 2), LIF()).neuron, LIF)  # lfpoptim's own neurons need nothing
+
+
+def test_spiking_layer_refuses_a_module_that_is_no_neuron() -> None:
+    pytest.importorskip("snntorch")
+    with pytest.raises(TypeError, match=r"expected an lfpoptim\.snn\.LIF or an snntorch\.Leaky neuron, got ReLU"):
+        SpikingLayer(nn.Linear(3, 2), nn.ReLU())
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])

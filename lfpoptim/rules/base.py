@@ -27,7 +27,10 @@ class FusionCell:
 
     The engine decides after the forward whether the activation may apply the stabiliser of the
     layer that produced its input (``fused``) or whether that layer's output hook does it.
-    ``epsilon`` is the producing layer's ε.
+
+    Attributes:
+        epsilon: the producing layer's ε.
+        fused: whether the activation applies that layer's stabiliser.
     """
 
     epsilon: float = 0.0
@@ -38,25 +41,63 @@ class Trace(Protocol):
     """The part of the engine's forward trace that rules use."""
 
     def consume(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], inplace: bool) -> None:
-        """Record that an operation without fusion read the tensors in ``args``/``kwargs``."""
+        """Record that an operation without fusion read the tensors in ``args``/``kwargs``.
+
+        Args:
+            args: the call's positional arguments.
+            kwargs: the call's keyword arguments.
+            inplace: whether the call writes into its first argument.
+        """
 
     def mark_stabilised(self, output: torch.Tensor, epsilon: float) -> None:
-        """Record that ``output`` is the output z of an epsilon-rule operation."""
+        """Record that ``output`` is the output z of an epsilon-rule operation.
+
+        Args:
+            output: the operation's result.
+            epsilon: the ε its stabiliser uses.
+        """
 
     def fuse_activation(self, z: torch.Tensor, inplace: bool) -> FusionCell:
-        """Record that an activation reads ``z``; return the cell that says if it is fused."""
+        """Record that an activation reads ``z``; return the cell that says if it is fused.
+
+        Args:
+            z: the activation's input.
+            inplace: whether the activation writes into ``z``.
+
+        Returns:
+            the cell the engine fills in after the forward.
+        """
 
     def record_activation(self, output: torch.Tensor, z: torch.Tensor) -> None:
-        """Record that ``output`` is an activation of ``z`` (the identity rule hands ``z`` its reward)."""
+        """Record that ``output`` is an activation of ``z`` (the identity rule hands ``z`` its reward).
+
+        Args:
+            output: the activation's result.
+            z: its input.
+        """
 
 
 class Rule(Protocol):
-    """An LFP rule for one or more torch functions."""
+    """An LFP rule for one or more torch functions.
+
+    Attributes:
+        name: the rule's name, as `lfpoptim.explain` reports it.
+    """
 
     name: str
 
     def __call__(self, trace: Trace, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run ``func(*args, **kwargs)`` under this rule and return its result."""
+        """Run ``func(*args, **kwargs)`` under this rule and return its result.
+
+        Args:
+            trace: the forward trace the call runs in.
+            func: the intercepted torch function.
+            args: its positional arguments.
+            kwargs: its keyword arguments.
+
+        Returns:
+            what ``func`` returns (with hooks that shape the backward pass).
+        """
 
 
 def is_inplace_call(func: TorchFunction, kwargs: Mapping[str, Any]) -> bool:
@@ -64,6 +105,13 @@ def is_inplace_call(func: TorchFunction, kwargs: Mapping[str, Any]) -> bool:
 
     ``torch.relu_``, ``Tensor.add_``, ``Tensor.__iadd__`` and ``F.relu(x, inplace=True)`` do;
     dunder methods other than the augmented assignments do not.
+
+    Args:
+        func: the torch function called.
+        kwargs: its keyword arguments.
+
+    Returns:
+        ``True`` for an in-place call.
     """
     if kwargs.get("inplace", False):
         return True

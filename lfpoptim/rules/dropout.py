@@ -25,6 +25,7 @@ class DropoutRule:
     Attributes:
         mode: ``"reference"`` scales the reward of kept units by ``1 / (1 - p)`` as ``lfprop``
             does; ``"conservative"`` lets the reward pass with its sum unchanged.
+        name: the rule's name, as `lfpoptim.explain` reports it.
     """
 
     mode: DropoutMode = "reference"

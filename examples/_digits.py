@@ -1,0 +1,70 @@
+"""scikit-learn's digits and the two small models that the digits examples train.
+
+The examples import this file by name (``from _digits import ...``): Python finds it because it
+sits next to them (``python examples/train_digits.py`` puts ``examples/`` on the path). Every
+example splits the data the same way, so their accuracies can be compared.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+
+class Digits(NamedTuple):
+    """A fixed, stratified 80/20 split of the 1797 digits; inputs in [-1, 1].
+
+    A tuple, so ``train_x, train_y, test_x, test_y = load_digits_split()`` works too.
+    """
+
+    train_inputs: torch.Tensor
+    train_targets: torch.Tensor
+    test_inputs: torch.Tensor
+    test_targets: torch.Tensor
+
+
+def load_digits_split(image_shape: tuple[int, ...] = (64,)) -> Digits:
+    """The 8x8 digits, each image shaped ``image_shape``: ``(64,)`` for an MLP, ``(1, 8, 8)`` for a CNN."""
+    images, labels = load_digits(return_X_y=True)
+    inputs = ((images / 16.0 - 0.5) / 0.5).reshape(-1, *image_shape)
+    train_x, test_x, train_y, test_y = train_test_split(inputs, labels, test_size=0.2, random_state=0, stratify=labels)
+    return Digits(
+        torch.tensor(train_x, dtype=torch.float32),
+        torch.tensor(train_y),
+        torch.tensor(test_x, dtype=torch.float32),
+        torch.tensor(test_y),
+    )
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """The fraction of ``inputs`` whose highest output is the target class."""
+    return (model(inputs).argmax(dim=1) == targets).float().mean().item()
+
+
+def make_mlp() -> nn.Sequential:
+    """The MLP 64-256-256-10 with ReLUs, for flat inputs."""
+    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def make_lenet() -> nn.Sequential:
+    """A LeNet for 1x8x8 inputs.
+
+    conv3x3(1->16)-ReLU-maxpool-conv3x3(16->32)-ReLU-maxpool-flatten-fc(128->64)-ReLU-fc(64->10).
+    """
+    return nn.Sequential(
+        nn.Conv2d(1, 16, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 2 * 2, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )

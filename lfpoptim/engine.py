@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .rules import FusionCell, RuleMap, is_inplace_call, stabilise, stabiliser_ratio
+from .rules import FusionCell, RuleMap, is_inplace_call, stabiliser_ratio
 
 FeedbackReduction = Literal["normalized", "mean", "sum"]
 RewardFunction = Callable[[torch.Tensor, Any], torch.Tensor]
@@ -308,19 +308,17 @@ def check_reward(reward: Any, outputs: torch.Tensor) -> torch.Tensor:
 def _seed(start: torch.Tensor, reward: torch.Tensor, start_epsilon: float | None, batch: int) -> torch.Tensor:
     r"""The gradient that starts the backward pass: \(R / (\operatorname{stab}(y) \cdot b)\).
 
-    \(R / (y \cdot b)\) if the output is not an epsilon-rule output. ``b`` is the batch size for
-    a mean over the batch, 1 for a sum.
+    \(R / (y \cdot b)\) if the output is not an epsilon-rule output (and \(R / b\) where
+    \(y = 0\)). ``b`` is the batch size for a mean over the batch, 1 for a sum.
     """
     if start_epsilon is not None:
-        denominator = stabilise(start, start_epsilon)
+        denominator = torch.where(start >= 0, start + start_epsilon, start - start_epsilon)
     else:
-        denominator = torch.where(start == 0, torch.ones_like(start), start)
-    if batch != 1:
-        denominator.mul_(batch)
-    return reward / denominator
+        denominator = torch.where(start == 0, 1.0, start)
+    seed = torch.div(reward, denominator)
+    return seed.div_(batch) if batch != 1 else seed
 
 
-@torch.enable_grad()  # the pass's own backward, also when called under torch.no_grad()
 def lfp_pass(
     model: nn.Module,
     inputs: Any,
@@ -355,6 +353,19 @@ def lfp_pass(
         batch_dim: the batch dimension of the outputs, which ``"mean"`` and ``"normalized"``
             average over (1 for time-major outputs such as a spiking network's (T, B, C)).
     """
+    if not torch.is_grad_enabled():  # the pass's own backward, also when called under torch.no_grad()
+        with torch.enable_grad():
+            return lfp_pass(
+                model,
+                inputs,
+                targets,
+                reward_fn,
+                params,
+                rules=rules,
+                reduction=reduction,
+                with_input_reward=with_input_reward,
+                batch_dim=batch_dim,
+            )
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
             "an LFP pass needs autograd for its backward pass, which torch.inference_mode() disables; "

@@ -23,6 +23,7 @@ from .engine import FeedbackReduction, LFPPass, RewardFunction, lfp_pass
 from .functional import weight_scale_
 from .presets import AUTO, Preset, resolve_rules
 from .rules import DropoutMode, RuleMap
+from .snn.neurons import LIF
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -147,6 +148,8 @@ class LFPOptimizer(WrappedOptimizer):
         warn_zero_parameters(model, self._trainable())
         self.model = model
         self.reward_fn = reward_fn
+        self._module = unwrap_model(model).module  # what the pass runs: the model inside DDP and compile wrappers
+        self._neurons = [module for module in self._module.modules() if isinstance(module, LIF)]
         self.preset = resolved.preset
         self.epsilon = resolved.epsilon
         self.feedback_reduction: FeedbackReduction = feedback_reduction
@@ -181,6 +184,7 @@ class LFPOptimizer(WrappedOptimizer):
         once ``torch.distributed`` is initialised, see `process_group`) the feedback is summed
         over all processes by one all-reduce (`lfpoptim.distributed`), so every rank makes the
         update of one step on the concatenated global batch; every rank must call ``step``.
+        Spiking neurons (`lfpoptim.snn.LIF`) in the model are reset to rest before each batch.
 
         Args:
             inputs: passed to the model as ``model(inputs)``; ``None`` to step on accumulated
@@ -221,16 +225,12 @@ class LFPOptimizer(WrappedOptimizer):
             grads = accumulated.feedback_factors(mean=self.feedback_reduction != "sum")
         previous_grads = [param.grad for param in params]
         try:
-            weight_scale_(grads, params, sign=-1.0, normalize=self.feedback_reduction == "normalized")
-            # the 2-norm of all feedback (as clip_grad_norm_ computes it, without its per-device grouping):
-            # one reduction, one host sync, for the finiteness check and for clipping
-            total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            if not bool(torch.isfinite(total_norm)):
+            if not weight_scale_(grads, params, sign=-1.0, normalize=self.feedback_reduction == "normalized"):
                 raise self._non_finite_feedback(params, grads)
             for param, grad in zip(params, grads, strict=True):
                 param.grad = grad
             if self.clip_norm is not None:
-                torch.nn.utils.clip_grads_with_norm_(params, self.clip_norm, total_norm)
+                torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
             self.base.step()
         except BaseException:
             for param, grad in zip(params, previous_grads, strict=True):
@@ -305,13 +305,13 @@ class LFPOptimizer(WrappedOptimizer):
                 "the model has no trainable parameters (requires_grad is False for every parameter the optimizer "
                 "holds): there is nothing to compute feedback for"
             )
-        module = unwrap_model(self.model).module
-        reward_fn = _reward_in_float32(self.reward_fn)
+        for neuron in self._neurons:  # every batch starts from rest, as in `lfpoptim.snn.TimeLoop`
+            neuron.reset_state()
         return lfp_pass(
-            module,
+            self._module,
             inputs,
             targets,
-            reward_fn,
+            _reward_in_float32(self.reward_fn),
             params,
             rules=self.rules,
             reduction=reduction,
@@ -320,7 +320,7 @@ class LFPOptimizer(WrappedOptimizer):
 
     def _batch_dim(self) -> int:
         """The outputs' batch dimension: the model's ``batch_dim`` (1 for time-major spiking models), else 0."""
-        return getattr(unwrap_model(self.model).module, "batch_dim", 0)
+        return getattr(self._module, "batch_dim", 0)
 
     def feedback(self, inputs: Any, targets: Any = None) -> dict[str, torch.Tensor]:
         r"""The feedback \(F_\theta\) of every trainable parameter of the model, by name.

@@ -42,12 +42,24 @@ def _check_logits(outputs: torch.Tensor, reward: str) -> None:
         raise ValueError(f"{reward} expects outputs shaped (batch, classes), got shape {tuple(outputs.shape)}")
 
 
-def class_indices(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Tensor:
-    """Validate class-index targets for ``outputs`` shaped ``(batch, classes)`` and return them."""
+def class_indices(outputs: torch.Tensor, targets: Any, reward: str, *, check_range: bool = True) -> torch.Tensor:
+    """Validate class-index targets for ``outputs`` shaped ``(batch, classes)`` and return them.
+
+    Args:
+        outputs: the logits, shaped ``(batch, classes)``.
+        targets: what the user passed as targets.
+        reward: the reward's name, for error messages.
+        check_range: also check that every index lies in ``[0, classes)`` (one host sync);
+            `class_targets` leaves that to ``F.one_hot``, which checks it on the CPU anyway.
+
+    Raises:
+        TypeError: targets that are not an integer tensor.
+        ValueError: outputs that are not 2-d, targets of the wrong shape, an index out of range.
+    """
     _check_logits(outputs, reward)
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"{reward} expects targets as a torch.Tensor of class indices, got {type(targets).__name__}")
-    batch, classes = outputs.shape
+    batch = outputs.shape[0]
     if targets.shape != (batch,):
         raise ValueError(
             f"targets have shape {tuple(targets.shape)} but {reward} expects class indices shaped ({batch},) "
@@ -55,23 +67,41 @@ def class_indices(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Ten
         )
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
         raise TypeError(f"targets have dtype {targets.dtype} but class indices must be an integer dtype (torch.long)")
-    if batch:
-        lowest, highest = (int(value) for value in torch.aminmax(targets))
-        if lowest < 0 or highest >= classes:
-            bad = highest if highest >= classes else lowest
-            raise ValueError(f"target class index {bad} is out of range for outputs with {classes} classes")
+    if check_range:
+        _check_range(targets, outputs.shape[1])
     return targets.to(device=outputs.device, dtype=torch.long)
+
+
+def _check_range(indices: torch.Tensor, classes: int) -> None:
+    if indices.numel() == 0:
+        return
+    lowest, highest = (int(value) for value in torch.aminmax(indices))
+    if lowest < 0 or highest >= classes:
+        bad = highest if highest >= classes else lowest
+        raise ValueError(f"target class index {bad} is out of range for outputs with {classes} classes")
 
 
 def class_targets(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Tensor:
     """One-hot encode class indices, or copy class probabilities shaped like ``outputs``.
 
     The result is a new tensor that the caller may modify in place.
+
+    Args:
+        outputs: the logits, shaped ``(batch, classes)``.
+        targets: class indices shaped ``(batch,)``, or class probabilities shaped like ``outputs``.
+        reward: the reward's name, for error messages.
     """
     if isinstance(targets, torch.Tensor) and targets.shape == outputs.shape and targets.dtype.is_floating_point:
         return targets.to(device=outputs.device, dtype=outputs.dtype, copy=True)
-    indices = class_indices(outputs, targets, reward)
-    return torch.zeros_like(outputs).scatter_(1, indices[:, None], 1.0)
+    classes = outputs.shape[-1]
+    on_cpu = outputs.device.type == "cpu"
+    indices = class_indices(outputs, targets, reward, check_range=not on_cpu)
+    try:
+        onehot = F.one_hot(indices, classes)
+    except RuntimeError:  # on the CPU, one_hot checks the range itself: say which index is wrong
+        _check_range(indices, classes)
+        raise
+    return onehot.to(outputs.dtype)
 
 
 class SoftmaxLossReward:

@@ -194,6 +194,38 @@ def test_mean_reduction_averages_over_the_batch_not_over_time() -> None:
         torch.testing.assert_close(mean[name], summed[name] / 4)
 
 
+class OwnTimeLoop(nn.Module):
+    """A user's own spiking network: it loops over time itself and never resets its neurons."""
+
+    batch_dim = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = SpikingLayer(nn.Linear(6, 8), LIF())
+        self.out = SpikingLayer(nn.Linear(8, 3), LIF())
+
+    def forward(self, sequence: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.out(self.hidden(current)) for current in sequence])
+
+
+def test_optimizer_resets_the_neurons_of_a_model_with_its_own_time_loop() -> None:
+    torch.manual_seed(0)
+    model = OwnTimeLoop()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(3.0)
+    inputs, targets = torch.rand(5, 4, 6), torch.tensor([0, 1, 2, 0])
+    optimizer = LFPOptimizer(model, RateCodedSpikeReward(), preset="snn", lr=0.1)
+    first = optimizer.feedback(inputs, targets)
+    assert model.hidden.neuron.membrane is not None  # the forward left its state behind
+    second = optimizer.feedback(inputs, targets)
+    assert any(bool(value.abs().sum() > 0) for value in first.values())
+    for name in first:
+        torch.testing.assert_close(second[name], first[name], rtol=0, atol=0)
+    optimizer.step(inputs, targets)
+    optimizer.step(inputs[:, :2], targets[:2])  # a smaller batch: the state of the last one is gone
+
+
 def test_default_preset_warns_that_the_neurons_have_no_rule() -> None:
     model = SpikingMLP(6, (8,), 3, encoder=ConstantCurrentEncoder(num_steps=3))
     optimizer = LFPOptimizer(model, RateCodedSpikeReward(), preset="default", lr=0.1)

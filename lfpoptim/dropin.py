@@ -41,6 +41,13 @@ def is_exact_loss_gradient(outputs: torch.Tensor, grad: torch.Tensor) -> bool:
     gradient that sums to zero over the classes. Binary cross-entropy with logits hands
     \((\sigma(y) - t) / s\) with 0/1 targets \(t\) and a scale \(s\) of 1 (sum), the batch
     size or the number of outputs (mean). Soft BCE targets are not recognised.
+
+    Args:
+        outputs: the model's outputs (detached).
+        grad: the gradient the loss's ``backward()`` hands to ``outputs``.
+
+    Returns:
+        ``True`` also for an empty or all-zero gradient, which carries nothing to check.
     """
     if grad.numel() == 0:  # an empty batch: nothing to check, as nothing reaches the parameters
         return True
@@ -109,6 +116,15 @@ class DropInLFPOptimizer(WrappedOptimizer):
         rules: a rule map of one's own instead of a preset (advanced).
         preset: a name from `lfpoptim.presets.list_presets`, or ``"auto"`` to choose by model.
         **base_kwargs: passed to ``base``.
+
+    Attributes:
+        model (nn.Module): the network the rules are attached to.
+        preset (Preset | None): the preset the rules came from (``None`` for a rule map of one's own).
+        epsilon (float | None): the ε the rules were built with (``None`` for a rule map of one's own).
+        normalize (bool): whether feedback is divided by each parameter tensor's mean magnitude.
+        strict (bool): whether a gradient of another loss, or an operation without a rule, raises.
+        rules (lfpoptim.rules.CoverageCheck): the rule map the traced forwards run under.
+        base: the optimizer that applies the update.
 
     Example:
         >>> optimizer = DropInLFPOptimizer(model, lr=0.1, momentum=0.9)  # was: torch.optim.SGD(...)
@@ -189,6 +205,7 @@ class DropInLFPOptimizer(WrappedOptimizer):
         self._wrapper = self._inner_forward = None
 
     detach = close
+    """An alias of `close`."""
 
     def __enter__(self) -> DropInLFPOptimizer:
         return self

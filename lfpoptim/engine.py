@@ -98,6 +98,12 @@ class ForwardTrace(TorchFunctionMode):
     Epsilon-rule outputs are tracked until the forward ends; `finalize` then decides for
     each one whether the single activation reading it applies its stabiliser (fused) or a hook on
     its autograd node does. Use it as a context manager around exactly one forward.
+
+    Args:
+        rules: which rule each torch function gets; functions without one run unchanged.
+
+    Attributes:
+        rules (RuleMap): the rule map the trace dispatches on.
     """
 
     def __init__(self, rules: RuleMap) -> None:
@@ -155,6 +161,16 @@ class ForwardTrace(TorchFunctionMode):
 
     # -- the Trace protocol used by the rules -------------------------------------------------
     def consume(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], inplace: bool) -> None:
+        """Record that an operation without fusion read the tracked tensors among its arguments.
+
+        Implements `lfpoptim.rules.base.Trace.consume`: each tracked tensor read gains a consumer and
+        keeps its values for a hook; a tensor overwritten in place is snapshotted and no longer tracked.
+
+        Args:
+            args: the call's positional arguments.
+            kwargs: the call's keyword arguments.
+            inplace: whether the call writes into its first argument.
+        """
         if not self._by_id:
             return
         read = self._read(args, kwargs)
@@ -165,11 +181,31 @@ class ForwardTrace(TorchFunctionMode):
             self._release(args[0], snapshot=True)
 
     def mark_stabilised(self, output: torch.Tensor, epsilon: float) -> None:
+        """Track ``output`` as the output z of an epsilon-rule operation until `finalize`.
+
+        Implements `lfpoptim.rules.base.Trace.mark_stabilised`.
+
+        Args:
+            output: the operation's result.
+            epsilon: the ε its stabiliser uses.
+        """
         record = _Stabilised(output, epsilon)
         self._records.append(record)
         self._by_id[id(output)] = record
 
     def fuse_activation(self, z: torch.Tensor, inplace: bool) -> FusionCell:
+        """Record that an activation reads ``z``; return the cell that says if it applies z's stabiliser.
+
+        Implements `lfpoptim.rules.base.Trace.fuse_activation`. An untracked ``z`` gets a fresh cell that
+        `finalize` never fuses; a tracked one read before keeps its values, as it needs its hook after all.
+
+        Args:
+            z: the activation's input.
+            inplace: whether the activation writes into ``z``.
+
+        Returns:
+            the cell `finalize` fills in: fused when this activation is z's only reader.
+        """
         record = self._by_id.get(id(z))
         if record is None or record.tensor() is not z:
             return FusionCell()
@@ -184,6 +220,14 @@ class ForwardTrace(TorchFunctionMode):
         return cell
 
     def record_activation(self, output: torch.Tensor, z: torch.Tensor) -> None:
+        """Remember that ``output`` is an activation of ``z``, for the seeded start in `finalize`.
+
+        Implements `lfpoptim.rules.base.Trace.record_activation`; only the latest activation is kept.
+
+        Args:
+            output: the activation's result.
+            z: its input.
+        """
         self._last_activation = (output, z)
 
     # -- after the forward ----------------------------------------------------------------------
@@ -199,6 +243,14 @@ class ForwardTrace(TorchFunctionMode):
 
         Without ``seeded`` (drop-in mode, where a loss's gradient arrives at the output) the
         output's stabiliser is applied by a hook like any other.
+
+        Args:
+            output: the model's output tensor.
+            seeded: whether the backward pass is seeded by the LFP step (``True``) or driven by a
+                loss's gradient (``False``, drop-in mode).
+
+        Returns:
+            the tensor the backward pass starts at, and its ε (``None`` when it is no epsilon-rule output).
         """
         start = output
         if seeded and self._last_activation is not None and self._last_activation[0] is output:
@@ -258,7 +310,16 @@ def _restore(saved_buffers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None
 
 
 def check_outputs(outputs: Any, batch_dim: int | None) -> None:
-    """Raise a clear error unless ``outputs`` is one non-empty tensor, with a ``batch_dim`` if one is given."""
+    """Raise a clear error unless ``outputs`` is one non-empty tensor, with a ``batch_dim`` if one is given.
+
+    Args:
+        outputs: what the model returned.
+        batch_dim: the batch dimension the outputs must have, or ``None`` to not check for one.
+
+    Raises:
+        TypeError: ``outputs`` is not a tensor.
+        ValueError: ``outputs`` has no dimension ``batch_dim``, or is empty.
+    """
     if not isinstance(outputs, torch.Tensor):
         raise TypeError(
             f"the model returned {type(outputs).__name__}; LFP needs a single output tensor "
@@ -277,7 +338,19 @@ def check_outputs(outputs: Any, batch_dim: int | None) -> None:
 
 
 def check_reward(reward: Any, outputs: torch.Tensor) -> torch.Tensor:
-    """Raise a clear error unless ``reward`` is a finite real tensor shaped like ``outputs`` (finite too)."""
+    """Raise a clear error unless ``reward`` is a finite real tensor shaped like ``outputs`` (finite too).
+
+    Args:
+        reward: what ``reward_fn`` returned.
+        outputs: the model's outputs.
+
+    Returns:
+        ``reward`` in the dtype of ``outputs``.
+
+    Raises:
+        TypeError: ``reward`` is not a tensor, or is complex.
+        ValueError: ``reward`` is shaped unlike ``outputs``, or ``reward`` or ``outputs`` hold NaN or Inf.
+    """
     if not isinstance(reward, torch.Tensor):
         raise TypeError(f"reward_fn must return a torch.Tensor shaped like the outputs, got {type(reward).__name__}")
     if reward.is_complex():

@@ -107,6 +107,16 @@ class LFPOptimizer(WrappedOptimizer):
             (`lfpoptim.rules.UncoveredOperationWarning`). `lfpoptim.explain` shows the whole table.
         **base_kwargs: passed to ``base`` (``lr``, ``momentum``, ``weight_decay``, ...).
 
+    Attributes:
+        model (nn.Module): the network being trained, as given (DDP and ``torch.compile`` wrappers included).
+        reward_fn (RewardFunction): the reward function, as given.
+        preset (Preset | None): the preset the rules came from (``None`` for a rule map of one's own).
+        epsilon (float | None): the ε the rules were built with (``None`` for a rule map of one's own).
+        feedback_reduction: how feedback is scaled before the step (see ``feedback_reduction`` above).
+        clip_norm (float | None): the 2-norm feedback is clipped to, or ``None``.
+        rules (lfpoptim.rules.CoverageCheck): the rule map the passes run under.
+        base: the optimizer that applies the update.
+
     Example:
         >>> opt = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1, momentum=0.9)
         >>> for inputs, targets in loader:
@@ -282,7 +292,11 @@ class LFPOptimizer(WrappedOptimizer):
         return LFPStepResult(outputs=result.outputs, reward=result.reward)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Reset ``.grad`` as ``torch.optim.Optimizer.zero_grad`` does, and discard accumulated feedback."""
+        """Reset ``.grad`` as ``torch.optim.Optimizer.zero_grad`` does, and discard accumulated feedback.
+
+        Args:
+            set_to_none: set ``.grad`` to ``None`` instead of zeroing it.
+        """
         self._accumulated = None
         super().zero_grad(set_to_none)
 
@@ -329,6 +343,13 @@ class LFPOptimizer(WrappedOptimizer):
         the parameters, not their ``.grad``, not the optimizer state, not the model's buffers.
         Note that a model in ``train()`` mode still draws new dropout masks. In a process group
         it is this process's feedback: nothing is communicated.
+
+        Args:
+            inputs: passed to the model as ``model(inputs)``.
+            targets: passed to the reward as ``reward_fn(outputs, targets)``.
+
+        Returns:
+            \(F_\theta\) per trainable parameter, keyed by its name in ``model.named_parameters()``.
         """
         named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
         params = [p for _, p in named]

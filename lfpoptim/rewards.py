@@ -150,6 +150,19 @@ class BoundedSoftmaxReward:
 
     \(R = y \odot (t - \tilde p)\), or \(\operatorname{sign}(y) \odot (t - \tilde p)\) with
     ``logit_sign_only=True``.
+
+    Args:
+        lower_bound: probabilities below it count as 0.
+        upper_bound: probabilities above it count as 1.
+        logit_sign_only: multiply by \(\operatorname{sign}(y)\) instead of \(y\).
+
+    Attributes:
+        lower_bound (float): probabilities below it count as 0.
+        upper_bound (float): probabilities above it count as 1.
+        logit_sign_only (bool): whether the reward multiplies by \(\operatorname{sign}(y)\) instead of \(y\).
+
+    Raises:
+        ValueError: unless ``0 <= lower_bound <= upper_bound <= 1``.
     """
 
     def __init__(self, lower_bound: float = 0.0, upper_bound: float = 1.0, logit_sign_only: bool = False) -> None:
@@ -200,6 +213,10 @@ class MaximizeSingleNeuron:
 
     Args:
         unit: restrict the reward to this output unit (last dimension); all units when ``None``.
+
+    Attributes:
+        direction (float): +1, the sign the reward pushes the outputs in.
+        unit (int | None): the output unit rewarded, or ``None`` for all.
     """
 
     direction = 1.0
@@ -219,7 +236,14 @@ class MaximizeSingleNeuron:
 
 
 class MinimizeSingleNeuron(MaximizeSingleNeuron):
-    r"""\(R = -\operatorname{sign}(y)(1 - \sigma(y))\): push outputs down; ``targets`` are ignored."""
+    r"""\(R = -\operatorname{sign}(y)(1 - \sigma(y))\): push outputs down; ``targets`` are ignored.
+
+    Args:
+        unit: restrict the reward to this output unit (last dimension); all units when ``None``.
+
+    Attributes:
+        direction (float): -1, the sign the reward pushes the outputs in.
+    """
 
     direction = -1.0
 
@@ -237,6 +261,12 @@ class ScoreReward:
 
     Args:
         score_fn: ``score_fn(outputs, targets)`` -> scores shaped ``(batch,)`` (tensor, array or list).
+
+    Attributes:
+        score_fn (Callable[[torch.Tensor, Any], Scores]): the scoring function, as given.
+
+    Raises:
+        TypeError: ``score_fn`` is not callable.
     """
 
     def __init__(self, score_fn: Callable[[torch.Tensor, Any], Scores]) -> None:

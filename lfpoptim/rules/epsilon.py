@@ -34,13 +34,28 @@ def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
 
     Moves every entry of ``z`` away from zero by ``epsilon``, keeping its sign (zeros become
     ``+epsilon``).
+
+    Args:
+        z: the operation's output.
+        epsilon: the stabiliser ε.
+
+    Returns:
+        a new tensor shaped like ``z``.
     """
     shift = z.new_tensor(epsilon)
     return torch.where(z >= 0, shift, -shift).add_(z)
 
 
 def stabiliser_ratio(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    r"""\(z / \operatorname{stab}(z) = |z| / (|z| + \varepsilon)\), written without a division by zero."""
+    r"""\(z / \operatorname{stab}(z) = |z| / (|z| + \varepsilon)\), written without a division by zero.
+
+    Args:
+        z: the operation's output.
+        epsilon: the stabiliser ε.
+
+    Returns:
+        a new tensor shaped like ``z``, with entries in \([0, 1)\).
+    """
     # 1 - eps / (|z| + eps), computed in place in one temporary
     return z.abs().add_(epsilon).reciprocal_().mul_(-epsilon).add_(1.0)
 

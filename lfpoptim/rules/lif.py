@@ -156,7 +156,16 @@ class SpikeStackRule:
     name: str = "spike stack"
 
     def describe(self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """What this call gets: ``spikes of the stacked membranes``, or ``gradient`` for other tensors."""
+        """What this call gets: ``spikes of the stacked membranes``, or ``gradient`` for other tensors.
+
+        Args:
+            func: the intercepted torch function (``torch.stack``).
+            args: its positional arguments.
+            kwargs: its keyword arguments.
+
+        Returns:
+            the label `lfpoptim.explain` shows for the call.
+        """
         tensors = args[0] if args else kwargs.get("tensors")
         return "spikes of the stacked membranes" if _membranes(tensors) is not None else "gradient"
 

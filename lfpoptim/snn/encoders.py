@@ -12,12 +12,23 @@ import torch
 
 
 class Encoder(Protocol):
-    """Turns static inputs ``(B, ...)`` into a sequence ``(num_steps, B, ...)``."""
+    r"""Turns static inputs ``(B, ...)`` into a sequence ``(num_steps, B, ...)``.
+
+    Attributes:
+        num_steps: the number of time steps \(T\) of the sequence.
+    """
 
     num_steps: int
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The encoded sequence, time first."""
+        """The encoded sequence, time first.
+
+        Args:
+            inputs: a static batch shaped ``(B, ...)``.
+
+        Returns:
+            the sequence shaped ``(num_steps, B, ...)``.
+        """
 
 
 def _check_steps(num_steps: int) -> None:

@@ -31,7 +31,14 @@ def lif_from_snntorch(leaky: nn.Module) -> LIF:
     Decay (clipped to [0, 1] as snntorch does), threshold and reset mechanism are copied; the
     ``output=True`` flag becomes ``return_membrane``. The state is not: the new layer starts from rest.
 
+    Args:
+        leaky: the ``snntorch.Leaky`` neuron to convert.
+
+    Returns:
+        a new `LIF` on the device of ``leaky``'s threshold.
+
     Raises:
+        ImportError: snntorch is not installed.
         TypeError: ``leaky`` is not an ``snntorch.Leaky``.
         ValueError: the neuron uses a feature the LIF rule does not cover: learnable decay or
             threshold, graded spikes, inhibition, state quantisation, or ``reset_delay=False``.
@@ -68,6 +75,16 @@ def convert_snntorch(model: nn.Module) -> nn.Module:
     called as ``spk = lif(cur)``, one without as ``spk, mem = lif(cur, mem)``, and `LIF` takes
     both forms (reset its state with `lfpoptim.snn.reset_neurons` instead of snntorch's
     ``utils.reset``). ``model`` itself may be a ``Leaky``: then its replacement is returned.
+
+    Args:
+        model: a module holding ``snntorch.Leaky`` neurons, or a ``Leaky`` itself.
+
+    Returns:
+        ``model``, converted in place, or the new `LIF` when ``model`` is a ``Leaky``.
+
+    Raises:
+        ImportError: snntorch is not installed.
+        ValueError: a ``Leaky`` uses a feature the LIF rule does not cover (see `lif_from_snntorch`).
     """
     snntorch = _snntorch()
     if isinstance(model, snntorch.Leaky):

@@ -16,6 +16,13 @@ class SpikingLayer(nn.Module):
             the current.
         neuron: an `lfpoptim.snn.LIF`, or an ``snntorch.Leaky`` (then converted to the equivalent
             `LIF` with `lfpoptim.snn.lif_from_snntorch`; snntorch must be installed).
+
+    Attributes:
+        layer (nn.Module): the layer producing the input current.
+        neuron (LIF): the `lfpoptim.snn.LIF` neurons it drives.
+
+    Raises:
+        ValueError: the neuron has ``return_membrane=True``.
     """
 
     def __init__(self, layer: nn.Module, neuron: nn.Module) -> None:
@@ -30,7 +37,14 @@ class SpikingLayer(nn.Module):
         self.neuron = neuron
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The spikes of this time step."""
+        """The spikes of this time step.
+
+        Args:
+            inputs: the layer's input at this time step.
+
+        Returns:
+            the neurons' spikes, shaped like ``layer(inputs)``.
+        """
         return self.neuron(self.layer(inputs))
 
     def reset_state(self) -> None:

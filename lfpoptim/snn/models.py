@@ -37,6 +37,9 @@ class TimeLoop(nn.Module):
     Attributes:
         batch_dim: the dimension of the batch in the outputs (1: they are time-major), read by
             `lfpoptim.LFPOptimizer` to average feedback over the batch rather than over time.
+        network (nn.Module): the network of one time step.
+        encoder (Encoder | None): the encoder of static inputs, or ``None``.
+        sample_dims (int | None): dimensions of one sample at one time step, or ``None``.
     """
 
     batch_dim: int = 1
@@ -48,7 +51,18 @@ class TimeLoop(nn.Module):
         self.sample_dims = sample_dims
 
     def sequence(self, inputs: torch.Tensor) -> torch.Tensor:
-        """``inputs`` as a time-major sequence ``(T, B, ...)``, encoded if they are static."""
+        """``inputs`` as a time-major sequence ``(T, B, ...)``, encoded if they are static.
+
+        Args:
+            inputs: a sequence ``(T, B, ...)`` or a static batch ``(B, ...)``.
+
+        Returns:
+            the time-major sequence.
+
+        Raises:
+            ValueError: a static batch without an encoder, or inputs whose number of dimensions fits
+                neither form (when ``sample_dims`` is known).
+        """
         if self.sample_dims is None:
             return inputs if self.encoder is None else self.encoder(inputs)
         if inputs.dim() == self.sample_dims + 2:
@@ -66,7 +80,14 @@ class TimeLoop(nn.Module):
         )
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The network's outputs at every time step, stacked time first."""
+        """The network's outputs at every time step, stacked time first.
+
+        Args:
+            inputs: a sequence ``(T, B, ...)`` or a static batch ``(B, ...)``, see `sequence`.
+
+        Returns:
+            the outputs stacked over time, ``(T, B, C)`` for a classifier.
+        """
         sequence = self.sequence(inputs)
         reset_neurons(self.network)
         return torch.stack([self.network(step) for step in sequence.unbind(0)])

@@ -105,7 +105,14 @@ class LIF(nn.Module):
             (snntorch's ``output=True``).
 
     Attributes:
+        beta: the decay \(\beta\), a buffer (a 0-d tensor for one shared decay).
+        threshold: the firing threshold \(\theta\), a buffer.
+        reset (ResetMechanism): the reset mechanism.
+        return_membrane (bool): whether stateful calls return ``(spikes, membrane)``.
         membrane: the membrane potential after the last step, ``None`` before the first.
+
+    Raises:
+        ValueError: ``beta`` outside \([0, 1]\), a threshold that is not positive, or an unknown ``reset``.
     """
 
     beta: torch.Tensor
@@ -141,7 +148,19 @@ class LIF(nn.Module):
     def forward(
         self, current: torch.Tensor, membrane: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """One time step: the spikes (stateful), or ``(spikes, new_membrane)``."""
+        """One time step: the spikes (stateful), or ``(spikes, new_membrane)``.
+
+        Args:
+            current: the input current of this step.
+            membrane: the membrane potential for a stateless call (an empty tensor starts from rest);
+                ``None`` for a stateful call, which uses and updates `membrane` of the module.
+
+        Returns:
+            the spikes; ``(spikes, new_membrane)`` for a stateless call or with ``return_membrane``.
+
+        Raises:
+            ValueError: the membrane held from an earlier sequence is shaped unlike ``current``.
+        """
         if membrane is not None:
             if membrane.numel() == 0:
                 membrane = torch.zeros_like(current)
@@ -161,6 +180,11 @@ class LIF(nn.Module):
         return spikes
 
     def extra_repr(self) -> str:
+        """The neuron's settings, as its ``repr`` shows them.
+
+        Returns:
+            ``beta``, ``threshold`` (a number, or a tensor's shape) and ``reset``.
+        """
         return f"beta={_describe(self.beta)}, threshold={_describe(self.threshold)}, reset={self.reset!r}"
 
 
@@ -169,7 +193,14 @@ def _describe(value: torch.Tensor) -> str:
 
 
 def reset_neurons(module: nn.Module) -> int:
-    """Reset every `LIF` layer in ``module`` (included) to rest; return how many there were."""
+    """Reset every `LIF` layer in ``module`` (included) to rest; return how many there were.
+
+    Args:
+        module: the model (or a single `LIF`).
+
+    Returns:
+        the number of `LIF` layers reset.
+    """
     count = 0
     for child in module.modules():
         if isinstance(child, LIF):

@@ -17,7 +17,17 @@ def _check_spikes(spikes: torch.Tensor) -> None:
 
 
 def spike_count_predictions(spikes: torch.Tensor) -> torch.Tensor:
-    """The class whose output neuron spiked most often over time, per sample: ``spikes.sum(0).argmax(-1)``."""
+    """The class whose output neuron spiked most often over time, per sample: ``spikes.sum(0).argmax(-1)``.
+
+    Args:
+        spikes: output spikes shaped ``(T, B, C)``.
+
+    Returns:
+        class indices shaped ``(B,)``.
+
+    Raises:
+        ValueError: ``spikes`` is not 3-d.
+    """
     _check_spikes(spikes)
     return spikes.sum(dim=0).argmax(dim=-1)
 

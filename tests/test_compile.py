@@ -30,10 +30,10 @@ def test_steps_on_a_compiled_model_equal_eager_steps_and_warn_once() -> None:
     model = make_model()
     eager = copy.deepcopy(model)
     compiled = torch.compile(model)
-    optimizer = LFPOptimizer(compiled, SoftmaxLossReward(), lr=0.1, momentum=0.9)
-    eager_optimizer = LFPOptimizer(eager, SoftmaxLossReward(), lr=0.1, momentum=0.9)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        optimizer = LFPOptimizer(compiled, SoftmaxLossReward(), lr=0.1, momentum=0.9)
+        eager_optimizer = LFPOptimizer(eager, SoftmaxLossReward(), lr=0.1, momentum=0.9)
         for inputs, targets in batches():
             optimizer.step(inputs, targets)
             eager_optimizer.step(inputs, targets)

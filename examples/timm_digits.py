@@ -62,6 +62,21 @@ def parse_kwargs(text: str) -> dict[str, object]:
     return kwargs
 
 
+def create_model(name: str, pretrained: bool, kwargs: dict[str, object]) -> nn.Module:
+    """``timm.create_model`` with a 10-class head; says what to do when pretrained weights cannot be had."""
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=10, **kwargs)
+    except OSError as error:  # huggingface_hub's "not in the local cache" and network errors
+        if not pretrained:
+            raise
+        raise SystemExit(
+            f"timm could not load the pretrained weights of {name}: {type(error).__name__}. With "
+            "HF_HUB_OFFLINE=1 they must be in the local Hugging Face cache already: fetch them once with network "
+            f"access (python -c \"import timm; timm.create_model('{name}', pretrained=True)\"), "
+            "or run without --pretrained"
+        ) from error
+
+
 def replace_zero_parameters(model: nn.Module) -> list[str]:
     """Set all-zero trainable parameters to a small constant, so that LFP can move them."""
     zeroed = set(zero_parameters(model))
@@ -97,7 +112,7 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     train_x, train_y, test_x, test_y = load_images(args.image_size)
-    model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=10, **args.timm_kwargs)
+    model = create_model(args.model, args.pretrained, args.timm_kwargs)
     replaced = replace_zero_parameters(model)
     print(
         f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .rules import FusionCell, RuleMap, is_inplace_call, stabiliser_ratio
+from .rules import FusionCell, RuleMap, is_inplace_call, stabilise, stabiliser_ratio
 
 FeedbackReduction = Literal["normalized", "mean", "sum"]
 RewardFunction = Callable[[torch.Tensor, Any], torch.Tensor]
@@ -384,10 +384,7 @@ def _seed(start: torch.Tensor, reward: torch.Tensor, start_epsilon: float | None
     \(R / (y \cdot b)\) if the output is not an epsilon-rule output (and \(R / b\) where
     \(y = 0\)). ``b`` is the batch size for a mean over the batch, 1 for a sum.
     """
-    if start_epsilon is not None:
-        denominator = torch.where(start >= 0, start + start_epsilon, start - start_epsilon)
-    else:
-        denominator = torch.where(start == 0, 1.0, start)
+    denominator = stabilise(start, start_epsilon) if start_epsilon is not None else torch.where(start == 0, 1.0, start)
     seed = torch.div(reward, denominator)
     return seed.div_(batch) if batch != 1 else seed
 

@@ -128,9 +128,10 @@ def explicit_forward(model: VisionTransformer, x: torch.Tensor, layer_eps: float
     return linear(model.head, layer_norm(model.fc_norm, pooled))
 
 
-def tiny_vit(fused: bool) -> VisionTransformer:
+def tiny_vit(fused: bool, attn_drop_rate: float = 0.0) -> VisionTransformer:
     torch.manual_seed(0)
     model = VisionTransformer(
+        attn_drop_rate=attn_drop_rate,
         img_size=16,
         patch_size=8,
         num_classes=5,
@@ -184,6 +185,27 @@ def test_fused_and_explicit_attention_give_the_same_feedback() -> None:
         LFPOptimizer(tiny_vit(fused), SoftmaxLossReward(), preset="vit", lr=0.1).feedback(inputs, targets)
         for fused in (True, False)
     ]
+    for name in feedback[0]:
+        torch.testing.assert_close(feedback[0][name], feedback[1][name], rtol=1e-9, atol=1e-12)
+
+
+def test_attention_dropout_scales_kept_reward_in_the_fused_rule_as_in_timms_explicit_path() -> None:
+    """Train mode, attention dropout 0.5, ``dropout="reference"``: kept weights' reward times 2 on both paths.
+
+    timm's explicit path applies ``nn.Dropout`` (`DropoutRule`) to the attention weights; the fused
+    call hands ``dropout_p`` to ``F.scaled_dot_product_attention``, which the rule then runs
+    explicitly with the same scaling. From the same random state both draw the same masks.
+    """
+    inputs = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    targets = torch.tensor([4, 3, 2, 1])
+    feedback = []
+    for fused in (True, False):
+        model = tiny_vit(fused, attn_drop_rate=0.5).train()
+        torch.manual_seed(7)
+        feedback.append(LFPOptimizer(model, SoftmaxLossReward(), preset="vit", lr=0.1).feedback(inputs, targets))
+    without_dropout = LFPOptimizer(tiny_vit(True), SoftmaxLossReward(), preset="vit", lr=0.1).feedback(inputs, targets)
+    qkv = "blocks.0.attn.qkv.weight"
+    assert not torch.allclose(feedback[0][qkv], without_dropout[qkv])  # the masks did act
     for name in feedback[0]:
         torch.testing.assert_close(feedback[0][name], feedback[1][name], rtol=1e-9, atol=1e-12)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lfpoptim import explain
@@ -82,6 +83,19 @@ def test_gate_and_attention_rules_are_named() -> None:
     assert rules["Tensor.mul"] == "uniform (AttnLRP), a gate"
     assert rules["sigmoid"] == "identity (from φ(0) in a gate)"
     assert rules["relu"] == "identity"
+
+
+class FoldPatches(nn.Module):
+    """VOLO's sum of overlapping patches: ``F.fold`` of 2x2 patches at stride 1 onto 3x3."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.fold(x.reshape(-1, 4, 4), output_size=(3, 3), kernel_size=2).flatten(1)
+
+
+def test_fold_sums_patches_under_the_epsilon_rule() -> None:
+    model = nn.Sequential(nn.Linear(4, 16), FoldPatches(), nn.Linear(9, 3))
+    rules = {r.operation: r.rule for r in explain(model, torch.randn(2, 4), preset="vit").operations}
+    assert rules["fold"] == "epsilon(ε=1e-08)"  # a sum of signals, like the residual sums
 
 
 def test_model_is_left_exactly_as_it_was() -> None:

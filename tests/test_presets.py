@@ -217,8 +217,10 @@ def test_strict_optimizer_raises_listing_uncovered_operations_and_changes_nothin
     model = uncovered_model()
     optimizer = LFPOptimizer(model, SoftmaxLossReward(), strict=True, lr=0.1, momentum=0.9)
     before = parameters_and_buffers(model)
-    with pytest.raises(UncoveredOperationError, match=r"1 operation\(s\).*preset 'default'.*: exp"):
+    with pytest.raises(UncoveredOperationError, match=r"1 operation\(s\).*preset 'default'.*: exp") as raised:
         optimizer.step(*batch())
+    assert "No parameter was updated" in str(raised.value)
+    assert "strict=False" in str(raised.value)
     for old, new in zip(before, parameters_and_buffers(model), strict=True):
         assert torch.equal(old, new)
     assert all(param.grad is None for param in model.parameters())
@@ -228,8 +230,12 @@ def test_strict_optimizer_raises_listing_uncovered_operations_and_changes_nothin
 def test_non_strict_optimizer_warns_once_and_trains() -> None:
     model = uncovered_model()
     optimizer = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1)
-    with pytest.warns(UncoveredOperationWarning, match="exp"):
+    with pytest.warns(UncoveredOperationWarning, match="exp") as caught:
         optimizer.step(*batch())
+    message = str(caught[0].message)
+    assert "Training goes on that way; this warning is shown once" in message
+    assert "strict=True makes this an error" in message
+    assert "strict=False" not in message  # the optimizer is non-strict already
     with warnings.catch_warnings():
         warnings.simplefilter("error", UncoveredOperationWarning)
         optimizer.step(*batch())

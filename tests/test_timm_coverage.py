@@ -147,7 +147,7 @@ EXTENDED_FAMILIES = [
     Family("lambda_resnet26t", "default"),
     Family("botnet26t_256", "default", SMALL_VIT),
     Family("focalnet_tiny_srf", "default"),
-    Family("gcvit_xxtiny", "default"),
+    Family("gcvit_xxtiny", "default", SMALL_VIT),
     Family("starnet_s050", "default"),
     Family("mambaout_femto", "default"),
     Family("convit_tiny", "default", SMALL_VIT),
@@ -156,6 +156,7 @@ EXTENDED_FAMILIES = [
     Family("mvitv2_tiny", "vit", SMALL_VIT),
     Family("davit_tiny", "vit"),
     Family("hiera_tiny_224", "vit", SMALL_VIT),
+    Family("volo_d1_224", "vit", SMALL_VIT),
     Family(
         "sequencer2d_s",
         "default",

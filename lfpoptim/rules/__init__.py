@@ -130,8 +130,8 @@ def default_rules(epsilon: float = 1e-6, dropout: DropoutMode = "reference") -> 
     return rules
 
 
-SUM_FUNCTIONS: tuple[TorchFunction, ...] = (torch.sum, torch.Tensor.sum)
-"""Sums over dimensions: the epsilon rule, like ``torch.mean``."""
+SUM_FUNCTIONS: tuple[TorchFunction, ...] = (torch.sum, torch.Tensor.sum, F.fold)
+"""Sums over dimensions, and ``F.fold``'s sum of overlapping patches (VOLO): the epsilon rule, like ``torch.mean``."""
 
 MULTIPLY_FUNCTIONS: tuple[TorchFunction, ...] = (
     torch.mul,
@@ -201,14 +201,14 @@ def extended_rules(
     Products and divisions (`ProductRule`, `DivisionRule`, `AddcmulRule`, `EinsumRule`), gates
     (`GateActivationRule`, replacing the identity rule of sigmoid-like activations), softmax
     (`SoftmaxRule`), fused attention (`ScaledDotProductAttentionRule`), powers and
-    normalisation (`PowerRule`, `NormalizeRule`), resampling (``F.interpolate``, epsilon) and
-    ``torch.sum`` (epsilon).
+    normalisation (`PowerRule`, `NormalizeRule`), and the epsilon rule on resampling
+    (``F.interpolate``) and sums (``torch.sum``, ``F.fold``).
 
     Args:
         epsilon: ε of the epsilon rule where a matrix product, an ``einsum`` or a resampling
             sums many contributions (a signal times a parameter matrix).
         dropout: how attention dropout treats reward, see `DropoutRule`.
-        sum_epsilon: ε of ``torch.sum`` and ``addcmul``, and of element-wise scaling by a
+        sum_epsilon: ε of ``torch.sum``, ``F.fold`` and ``addcmul``, and of element-wise scaling by a
             parameter (layer scale: one contribution per output, so a stabiliser has nothing to
             stabilise there and a large ε only damps the reward); ``epsilon`` when ``None``.
     """

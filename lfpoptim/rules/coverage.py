@@ -193,12 +193,21 @@ class CoverageCheck(dict):
                 tensor.grad_fn.register_prehook(_Report(self))
 
     def message(self) -> str:
-        """What the error or the warning says."""
-        return (
+        """What the error (strict) or the warning says: the uncovered operations, and what happens next."""
+        found = (
             f"{len(self.uncovered)} operation(s) on the reward's path have no LFP rule under {self.describe}, "
             f"so reward crosses them as a gradient would: {format_uncovered(self.uncovered)}. "
-            "lfpoptim.explain(model, inputs) shows where they are; choose another preset, add rules for them "
-            "(rules=...), or pass strict=False to train anyway"
+        )
+        where = "lfpoptim.explain(model, inputs) shows where they are."
+        cover = "choose another preset or add rules for them (rules=...)"
+        if self.strict:
+            return (
+                f"{found}No parameter was updated. {where} To cover them, {cover}; to train with their gradients "
+                "anyway, build the optimizer with strict=False (it then warns once)"
+            )
+        return (
+            f"{found}Training goes on that way; this warning is shown once. {where} To cover them, {cover}; "
+            "strict=True makes this an error"
         )
 
     def report(self) -> None:

@@ -42,8 +42,8 @@ def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     Returns:
         a new tensor shaped like ``z``.
     """
-    shift = z.new_tensor(epsilon)
-    return torch.where(z >= 0, shift, -shift).add_(z)
+    # |z| + eps with the sign of z; adding 0.0 first turns -0.0 into +0.0, which gets +eps
+    return z.abs().add_(epsilon).copysign_(z + 0.0)
 
 
 def stabiliser_ratio(z: torch.Tensor, epsilon: float) -> torch.Tensor:

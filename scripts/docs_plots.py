@@ -105,7 +105,7 @@ def step_time_plot(out: Path, from_json: Path | None, smoke: bool) -> Path:
 
     figure, (time_axes, memory_axes) = plt.subplots(1, 2, figsize=(11, 4))
     time_axes.boxplot(ratios, showfliers=False)
-    time_axes.set_xticks(range(1, len(names) + 1), names)
+    time_axes.set_xticks(range(1, len(names) + 1), names, rotation=20)
     time_axes.axhline(1.0, color="gray", linewidth=0.8)
     time_axes.axhline(STEP_TIME_TARGET, color="tab:red", linestyle="--", linewidth=1, label="target 1.2")
     time_axes.set_ylabel("LFP step time / SGD step time")
@@ -117,7 +117,7 @@ def step_time_plot(out: Path, from_json: Path | None, smoke: bool) -> Path:
     step = [result["step_peak_bytes"]["lfp"] / result["step_peak_bytes"]["sgd"] for result in results]
     memory_axes.bar(positions - 0.2, peak, width=0.4, label="peak (state + step)")
     memory_axes.bar(positions + 0.2, step, width=0.4, label="step only")
-    memory_axes.set_xticks(positions, names)
+    memory_axes.set_xticks(positions, names, rotation=20)
     memory_axes.axhline(MEMORY_TARGET, color="tab:red", linestyle="--", linewidth=1, label="target 1.1")
     memory_axes.set_ylim(0.8, max([*peak, *step, MEMORY_TARGET]) + 0.15)
     memory_axes.set_ylabel("LFP memory / SGD memory")

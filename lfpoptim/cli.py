@@ -41,7 +41,21 @@ def _input_size(text: str) -> tuple[int, ...]:
 
 
 def build_model(spec: str, input_size: tuple[int, ...] | None) -> tuple[nn.Module, tuple[int, ...]]:
-    """The model a command-line spec names, and the input size (without the batch) to explain it on."""
+    """The model a command-line spec names, and the input size (without the batch) to explain it on.
+
+    Args:
+        spec: ``timm:<architecture>`` or ``<module>:<callable>``.
+        input_size: one sample's shape; for timm, ``None`` takes the model's ``pretrained_cfg``.
+
+    Returns:
+        the model and the input size.
+
+    Raises:
+        ValueError: ``spec`` is malformed, or no input size is given or known.
+        TypeError: the callable does not return an ``nn.Module``.
+        ImportError: the module (or timm) cannot be imported.
+        AttributeError: the module has no such callable.
+    """
     kind, separator, name = spec.partition(":")
     if not separator or not name:
         raise ValueError(f"name a model as timm:<architecture> or <module>:<callable>, got {spec!r}")
@@ -107,7 +121,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``lfpoptim`` command; returns the exit status."""
+    """Run the ``lfpoptim`` command; returns the exit status.
+
+    Args:
+        argv: the arguments after the program name; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        0 on success, 1 when ``explain --strict`` finds an operation without a rule, 2 on an error
+        (printed to stderr).
+
+    Raises:
+        SystemExit: the arguments are invalid, or ``--help`` was asked for (from `argparse`).
+    """
     args = parser().parse_args(argv)
     try:
         return args.run(args)

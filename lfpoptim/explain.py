@@ -125,7 +125,18 @@ class Explanation:
 
 
 def describe_rule(rule: Rule, func: TorchFunction, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
-    """A rule's name for the table, with its ε, or what it does for this very call."""
+    """A rule's name for the table, with its ε, or what it does for this very call.
+
+    Args:
+        rule: the rule the call gets.
+        func: the torch function called.
+        args: its positional arguments.
+        kwargs: its keyword arguments.
+
+    Returns:
+        the rule's own ``describe(func, args, kwargs)`` if it has one, else its ``name`` with its
+        ε or ``mode``.
+    """
     describe: Callable[..., str] | None = getattr(rule, "describe", None)
     if describe is not None:
         return describe(func, args, dict(kwargs))

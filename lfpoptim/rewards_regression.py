@@ -27,7 +27,21 @@ __all__ = ["AbsoluteErrorReward", "HuberReward", "SquaredErrorReward"]
 
 
 def regression_targets(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Tensor:
-    """Validate real-valued ``targets`` for ``outputs`` and return them shaped, typed and placed like them."""
+    """Validate real-valued ``targets`` for ``outputs`` and return them shaped, typed and placed like them.
+
+    Args:
+        outputs: the network's outputs.
+        targets: the real-valued targets, shaped like ``outputs`` (or ``(batch,)`` for outputs
+            shaped ``(batch, 1)``).
+        reward: the reward's name, for error messages.
+
+    Returns:
+        the targets, with the shape, dtype and device of ``outputs``.
+
+    Raises:
+        TypeError: ``targets`` is not a floating-point tensor.
+        ValueError: ``targets`` cannot be shaped like ``outputs``.
+    """
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"{reward} expects targets as a torch.Tensor of real values, got {type(targets).__name__}")
     if not targets.dtype.is_floating_point:
@@ -73,6 +87,12 @@ class HuberReward:
 
     Args:
         delta: the threshold \(\delta > 0\), in the targets' units.
+
+    Attributes:
+        delta (float): the threshold \(\delta\).
+
+    Raises:
+        ValueError: ``delta`` is not positive.
     """
 
     def __init__(self, delta: float = 1.0) -> None:

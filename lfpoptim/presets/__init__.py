@@ -46,7 +46,19 @@ class ResolvedRules:
 
 
 def resolve_preset(model: nn.Module, preset: str | Preset = AUTO) -> Preset:
-    """``preset`` as a `Preset`: ``"auto"`` chooses by model, a name is looked up."""
+    """``preset`` as a `Preset`: ``"auto"`` chooses by model, a name is looked up.
+
+    Args:
+        model: the network that ``"auto"`` chooses for (`select_preset`).
+        preset: ``"auto"``, a preset name, or a `Preset` (returned as it is).
+
+    Returns:
+        the preset.
+
+    Raises:
+        TypeError: ``preset`` is neither a string nor a `Preset`.
+        UnknownPresetError: no preset has that name.
+    """
     if isinstance(preset, Preset):
         return preset
     if not isinstance(preset, str):
@@ -73,6 +85,14 @@ def resolve_rules(
         rules: a rule map of one's own instead of a preset (then ``preset`` must stay ``"auto"``
             and ``epsilon`` ``None``).
         strict: the check raises instead of warning once about operations without a rule.
+
+    Returns:
+        the checked rule map, with the preset and ε it came from.
+
+    Raises:
+        ValueError: ``epsilon`` is negative, or ``rules`` is given together with ``preset`` or ``epsilon``.
+        TypeError: ``preset`` is neither a string nor a `Preset`.
+        UnknownPresetError: no preset has that name.
     """
     if epsilon is not None and epsilon < 0:
         raise ValueError(f"epsilon must be non-negative, got {epsilon}")

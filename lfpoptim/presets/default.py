@@ -13,6 +13,13 @@ def default(epsilon: float = 1e-6, dropout: DropoutMode = "reference") -> RuleMa
     `lfpoptim.rules.default_rules` (the method of ``docs/concepts.md``) plus
     `lfpoptim.rules.extended_rules`, which only matter where the model multiplies two signals
     (gates, attention) or scales by a parameter (layer scale).
+
+    Args:
+        epsilon: ε of the epsilon rules.
+        dropout: how train-mode dropout treats reward.
+
+    Returns:
+        the rule map.
     """
     rules = default_rules(epsilon, dropout)
     rules.update(extended_rules(epsilon, dropout))

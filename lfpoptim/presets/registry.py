@@ -79,15 +79,37 @@ class Preset:
     origin: str = ""
 
     def rules(self, epsilon: float | None = None, dropout: DropoutMode = "reference") -> RuleMap:
-        """The rule map, with ``epsilon`` (the preset's own when ``None``)."""
+        """The rule map, with ``epsilon`` (the preset's own when ``None``).
+
+        Args:
+            epsilon: ε for the rules; the preset's own when ``None``.
+            dropout: how train-mode dropout treats reward.
+
+        Returns:
+            a new rule map (a `dict`), which the caller may change.
+        """
         return dict(self.build(epsilon=self.epsilon if epsilon is None else epsilon, dropout=dropout))
 
     def matches_architecture(self, architecture: str) -> bool:
-        """Whether a timm architecture name is one of this preset's."""
+        """Whether a timm architecture name is one of this preset's.
+
+        Args:
+            architecture: a timm architecture name (``"resnet18"``).
+
+        Returns:
+            whether it matches one of the ``architectures`` patterns.
+        """
         return any(fnmatch.fnmatchcase(architecture, pattern) for pattern in self.architectures)
 
     def matches_modules(self, class_names: Iterable[str]) -> bool:
-        """Whether any of these module class names is one of this preset's ``module_types``."""
+        """Whether any of these module class names is one of this preset's ``module_types``.
+
+        Args:
+            class_names: class names of a model's modules (``"Attention"``).
+
+        Returns:
+            whether any of them matches one of the ``module_types`` patterns.
+        """
         names = set(class_names)
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.module_types for name in names)
 
@@ -114,6 +136,13 @@ def register_preset(
         module_types: module class name patterns that make ``"auto"`` choose it.
         priority: breaks ties between matching presets (highest wins).
         description: one line; the function docstring's first line when ``None``.
+
+    Returns:
+        the decorator, which registers the function it is given and returns it unchanged.
+
+    Raises:
+        ValueError: ``name`` is empty or ``"auto"``, ``epsilon`` is negative, or (when decorating)
+            another function is already registered under ``name``.
     """
     if not name or name == AUTO:
         raise ValueError(f"a preset cannot be called {name!r}")
@@ -172,6 +201,12 @@ def list_presets(pattern: str = "*") -> list[str]:
     """The names of the known presets matching an ``fnmatch`` pattern, sorted.
 
     Presets of installed plugins are listed by their entry-point names without being imported.
+
+    Args:
+        pattern: an ``fnmatch`` pattern of preset names (``"*"``: all).
+
+    Returns:
+        the matching names, sorted.
     """
     names = set(_PRESETS) | set(_discovered())
     return sorted(name for name in names if fnmatch.fnmatchcase(name, pattern))
@@ -180,8 +215,15 @@ def list_presets(pattern: str = "*") -> list[str]:
 def get_preset(name: str) -> Preset:
     """The preset called ``name``, loading it from an entry point if it is not registered yet.
 
+    Args:
+        name: the preset's name.
+
+    Returns:
+        the preset.
+
     Raises:
         UnknownPresetError: no preset has that name; the message lists the known ones.
+        ValueError: the entry point of that name does not register a preset called ``name``.
     """
     preset = _PRESETS.get(name) or _load_entry_point(name)
     if preset is None:
@@ -194,7 +236,14 @@ def get_preset(name: str) -> Preset:
 
 
 def timm_architecture(model: nn.Module) -> str | None:
-    """The timm architecture name of ``model`` (``"resnet18"``), from its ``pretrained_cfg``."""
+    """The timm architecture name of ``model`` (``"resnet18"``), from its ``pretrained_cfg``.
+
+    Args:
+        model: the network.
+
+    Returns:
+        the ``"architecture"`` of its ``pretrained_cfg`` (or ``default_cfg``); ``None`` if it has none.
+    """
     for attribute in ("pretrained_cfg", "default_cfg"):
         config = getattr(model, attribute, None)
         if isinstance(config, Mapping) and isinstance(config.get("architecture"), str):
@@ -208,6 +257,15 @@ def select_preset(model: nn.Module) -> Preset:
     First a preset whose ``architectures`` match the timm architecture name, then one whose
     ``module_types`` match a module class in the model, the highest ``priority`` first; else
     ``"default"``. Every plugin preset is loaded for this.
+
+    Args:
+        model: the network.
+
+    Returns:
+        the chosen preset.
+
+    Raises:
+        ValueError: a plugin's entry point does not register the preset it names.
     """
     for name in list(_discovered()):
         if name not in _PRESETS:

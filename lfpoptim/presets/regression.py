@@ -18,5 +18,12 @@ def regression(epsilon: float = 1e-6, dropout: DropoutMode = "reference") -> Rul
     is \(R / y = t - y = -\partial \tfrac12 (y - t)^2 / \partial y\), so a ReLU network with a
     linear output trains by weight-scaled gradient descent on the squared error. ``auto`` never
     chooses this preset: a model does not say whether its outputs are scores or values.
+
+    Args:
+        epsilon: ε of the epsilon rules.
+        dropout: how train-mode dropout treats reward.
+
+    Returns:
+        the rule map.
     """
     return default(epsilon, dropout)

@@ -37,5 +37,12 @@ def resnet(epsilon: float = 1e-6, dropout: DropoutMode = "reference") -> RuleMap
     exactly the weight-scaled gradient \(-|\theta| \odot \partial L / \partial \theta\) of the
     summed cross-entropy (with `lfpoptim.rewards.SoftmaxLossReward`), which the timm coverage
     tests check.
+
+    Args:
+        epsilon: ε of the epsilon rules.
+        dropout: how train-mode dropout treats reward.
+
+    Returns:
+        the rule map.
     """
     return default(epsilon, dropout)

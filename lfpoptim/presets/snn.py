@@ -20,6 +20,13 @@ def snn(epsilon: float = 1e-6, dropout: DropoutMode = "reference") -> RuleMap:
     ``torch.stack`` so that the reward of a silent output neuron still reaches its membrane. The
     layers feeding the neurons, pooling and anything else get the ``default`` rules. ``auto``
     chooses this preset for a model containing an `lfpoptim.snn.LIF` layer.
+
+    Args:
+        epsilon: ε of the epsilon rules and of the LIF rule's denominator.
+        dropout: how train-mode dropout treats reward.
+
+    Returns:
+        the rule map.
     """
     rules = default(epsilon, dropout)
     rules[lif_step] = LIFRule(epsilon)

@@ -45,6 +45,13 @@ def vit(epsilon: float = VIT_EPSILON, dropout: DropoutMode = "reference") -> Rul
     - Layer scale (a parameter factor): the epsilon rule with \(10^{-8}\): each output has a
       single contribution, so ε has nothing to stabilise, and ε = 1 against CaiT's layer scale
       of \(10^{-5}\) would all but cut the residual branches off.
+
+    Args:
+        epsilon: ε of the layers; residual sums and layer scale use the smaller of it and \(10^{-8}\).
+        dropout: how train-mode dropout treats reward.
+
+    Returns:
+        the rule map.
     """
     rules = default_rules(epsilon, dropout)
     rules.update(extended_rules(epsilon, dropout, sum_epsilon=min(epsilon, SUM_EPSILON)))

@@ -59,7 +59,14 @@ UNCOVERED_EXAMPLES = 10
 
 
 def operation_name(func: TorchFunction) -> str:
-    """A readable name for a torch function: ``conv2d``, ``Tensor.mul``, ``scaled_dot_product_attention``."""
+    """A readable name for a torch function: ``conv2d``, ``Tensor.mul``, ``scaled_dot_product_attention``.
+
+    Args:
+        func: the torch function or ``Tensor`` method.
+
+    Returns:
+        its ``__name__`` (its ``repr`` if it has none), prefixed with ``Tensor.`` for a ``Tensor`` method.
+    """
     name = getattr(func, "__name__", None) or repr(func)
     owner = getattr(func, "__objclass__", None) or getattr(func, "__self__", None)
     if owner is torch.Tensor or getattr(func, "__qualname__", "").startswith(("Tensor.", "TensorBase.")):
@@ -68,7 +75,14 @@ def operation_name(func: TorchFunction) -> str:
 
 
 def passes_reward(func: TorchFunction) -> bool:
-    """Whether ``func`` only moves, copies, selects or casts values (`GRADIENT_OPERATIONS`)."""
+    """Whether ``func`` only moves, copies, selects or casts values (`GRADIENT_OPERATIONS`).
+
+    Args:
+        func: the torch function.
+
+    Returns:
+        whether its ``__name__`` is in `GRADIENT_OPERATIONS`.
+    """
     return getattr(func, "__name__", "") in GRADIENT_OPERATIONS
 
 
@@ -83,17 +97,39 @@ def _tensors(values: Any) -> list[torch.Tensor]:
 
 
 def reads_gradient_tensors(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
-    """Whether any tensor among the arguments requires a gradient (the call may be on the reward's path)."""
+    """Whether any tensor among the arguments requires a gradient (the call may be on the reward's path).
+
+    Args:
+        args: the call's positional arguments; tensors inside lists and tuples count.
+        kwargs: the call's keyword arguments.
+
+    Returns:
+        whether any of those tensors requires a gradient.
+    """
     return any(tensor.requires_grad for tensor in _tensors((*args, *kwargs.values())))
 
 
 def output_requires_grad(output: Any) -> bool:
-    """Whether reward can flow back through ``output`` (a tensor, or a tuple/list of tensors)."""
+    """Whether reward can flow back through ``output`` (a tensor, or a tuple/list of tensors).
+
+    Args:
+        output: what a torch function returned.
+
+    Returns:
+        whether any tensor in it requires a gradient.
+    """
     return any(tensor.requires_grad for tensor in _tensors((output,)))
 
 
 def format_uncovered(counts: Mapping[str, int]) -> str:
-    """``"Tensor.exp (x2), sqrt"``: operation names with how often the forward called them."""
+    """``"Tensor.exp (x2), sqrt"``: operation names with how often the forward called them.
+
+    Args:
+        counts: how often each operation was called, by `operation_name`.
+
+    Returns:
+        the first `UNCOVERED_EXAMPLES` names with their counts, and how many more there are.
+    """
     names = [f"{name} (x{count})" if count > 1 else name for name, count in counts.items()]
     shown = ", ".join(names[:UNCOVERED_EXAMPLES])
     if len(names) > UNCOVERED_EXAMPLES:
@@ -157,6 +193,13 @@ class CoverageCheck(dict):
         rules: the rule map to check.
         strict: raise instead of warning.
         describe: names the rule map in messages (``"preset 'vit'"``).
+
+    Attributes:
+        strict (bool): raise instead of warning.
+        describe (str): names the rule map in messages (``"these rules"`` when none was given).
+        uncovered (dict[str, int]): the uncovered operations noted since the last report, by
+            `operation_name`, with how often each was called.
+        reported (bool): whether the warning was given; a non-strict check then stops probing.
     """
 
     def __init__(self, rules: Mapping[TorchFunction, Rule], *, strict: bool = False, describe: str = "") -> None:
@@ -169,7 +212,15 @@ class CoverageCheck(dict):
         self._verdicts: dict[Any, Rule | None] = {}
 
     def get(self, func: TorchFunction, default: Any = None) -> Any:  # type: ignore[override]
-        """The rule for ``func``; a probe if it has none and may be uncovered; else ``default``."""
+        """The rule for ``func``; a probe if it has none and may be uncovered; else ``default``.
+
+        Args:
+            func: the torch function about to run.
+            default: what to return when no rule applies and ``func`` needs no probe.
+
+        Returns:
+            the rule, the probe, or ``default``.
+        """
         rule = super().get(func)
         if rule is not None:
             return rule
@@ -185,7 +236,12 @@ class CoverageCheck(dict):
         return default if verdict is None else verdict
 
     def found(self, func: TorchFunction, output: Any) -> None:
-        """Note that ``func`` produced ``output`` with no rule; report when the backward reaches it."""
+        """Note that ``func`` produced ``output`` with no rule; report when the backward reaches it.
+
+        Args:
+            func: the uncovered torch function.
+            output: what it returned (a tensor, or a tuple/list of tensors).
+        """
         name = operation_name(func)
         self.uncovered[name] = self.uncovered.get(name, 0) + 1
         for tensor in _tensors((output,)):
@@ -211,7 +267,11 @@ class CoverageCheck(dict):
         )
 
     def report(self) -> None:
-        """Raise or warn about the uncovered operations noted so far (once per forward)."""
+        """Raise or warn about the uncovered operations noted so far (once per forward).
+
+        Raises:
+            UncoveredOperationError: the check is strict and an uncovered operation was noted.
+        """
         if not self.uncovered or (self.reported and not self.strict):
             return
         message = self.message()

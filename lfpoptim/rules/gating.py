@@ -41,7 +41,11 @@ _GATE_ATTRIBUTE = "_lfpoptim_gate"
 
 @dataclass
 class GateCell:
-    """Shared between a gate activation's backward and the product that uses its output."""
+    """Shared between a gate activation's backward and the product that uses its output.
+
+    Attributes:
+        gated (bool): whether a product used the activation's output as a gate (`mark_gate`).
+    """
 
     gated: bool = False
 
@@ -67,12 +71,26 @@ class _GateActivation(torch.autograd.Function):
 
 
 def is_gate(factor: Any) -> bool:
-    """Whether ``factor`` is the output of a `GateActivationRule`."""
+    """Whether ``factor`` is the output of a `GateActivationRule`.
+
+    Args:
+        factor: an operand of a product.
+
+    Returns:
+        whether it carries a `GateCell`.
+    """
     return hasattr(factor, _GATE_ATTRIBUTE)
 
 
 def mark_gate(factor: Any) -> bool:
-    """If ``factor`` is the output of a `GateActivationRule`, make that activation a gate; say whether it was."""
+    """If ``factor`` is the output of a `GateActivationRule`, make that activation a gate; say whether it was.
+
+    Args:
+        factor: an operand of a product of two signals.
+
+    Returns:
+        whether ``factor`` is such an output (and is now a gate).
+    """
     cell = getattr(factor, _GATE_ATTRIBUTE, None)
     if cell is None:
         return False

@@ -63,7 +63,14 @@ _MAX_VIEW_CHAIN = 8
 
 
 def is_parameter_like(tensor: Any) -> bool:
-    """Whether ``tensor`` is an ``nn.Parameter``, or one seen through reshapes, indexing and casts."""
+    """Whether ``tensor`` is an ``nn.Parameter``, or one seen through reshapes, indexing and casts.
+
+    Args:
+        tensor: any value (only a tensor that requires a gradient can be parameter-like).
+
+    Returns:
+        whether it is a parameter, or reaches one through at most 8 view, indexing or cast nodes.
+    """
     if not isinstance(tensor, torch.Tensor) or not tensor.requires_grad:
         return False
     node = tensor.grad_fn
@@ -87,7 +94,15 @@ def _is_signal(value: Any) -> bool:
 
 
 def product_kind(first: Any, second: Any) -> ProductKind:
-    """Which rule a product of ``first`` and ``second`` gets (see the module's description)."""
+    """Which rule a product of ``first`` and ``second`` gets (see the module's description).
+
+    Args:
+        first: the first factor (a tensor or a number).
+        second: the second factor (a tensor or a number).
+
+    Returns:
+        ``"uniform"`` for two signals, ``"parameter"`` for a signal and a parameter, else ``"constant"``.
+    """
     signals = _is_signal(first) + _is_signal(second)
     if signals == 2:
         return "uniform"
@@ -122,6 +137,10 @@ def scale_gradient_at(output: torch.Tensor, factor: float) -> None:
     of its input, which autograd forbids modifying in place, so the factor ``a`` cannot be wrapped.
     Scaling at the product's own node halves both factors' gradients just the same and survives
     later in-place operations on ``output``.
+
+    Args:
+        output: the product's output; nothing happens if it has no autograd node.
+        factor: the factor applied to the gradient arriving there.
     """
     if output.grad_fn is not None:
         output.grad_fn.register_prehook(_GradientScale(factor, output.output_nr))
@@ -173,7 +192,16 @@ class ProductRule:
     _OTHER = ("other", "mat2")
 
     def describe(self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """The rule this call gets: ``uniform`` (a gate's share from its rest), ``epsilon`` or ``gradient``."""
+        """The rule this call gets: ``uniform`` (a gate's share from its rest), ``epsilon`` or ``gradient``.
+
+        Args:
+            func: the torch function called.
+            args: its positional arguments.
+            kwargs: its keyword arguments.
+
+        Returns:
+            the rule's description for `lfpoptim.explain`'s table.
+        """
         first, second = _operands(args, kwargs, self._OTHER)
         kind = product_kind(first, second)
         gate = ", a gate" if kind == "uniform" and (is_gate(first) or is_gate(second)) else ""
@@ -222,7 +250,16 @@ class DivisionRule:
     _OTHER = ("other",)
 
     def describe(self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """The rule this call gets."""
+        """The rule this call gets.
+
+        Args:
+            func: the torch function called.
+            args: its positional arguments.
+            kwargs: its keyword arguments.
+
+        Returns:
+            the rule's description for `lfpoptim.explain`'s table.
+        """
         first, second = _operands(args, kwargs, self._OTHER)
         if _is_signal(second):
             return "uniform (AttnLRP)" if _is_signal(first) else "uniform (denominator only)"
@@ -265,7 +302,16 @@ class AddcmulRule:
     name: str = "addcmul"
 
     def describe(self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """The rule this call gets."""
+        """The rule this call gets.
+
+        Args:
+            func: the torch function called.
+            args: its positional arguments.
+            kwargs: its keyword arguments.
+
+        Returns:
+            the rule's description for `lfpoptim.explain`'s table.
+        """
         first, second = self._factors(args, kwargs)
         inner = "uniform product, " if product_kind(first, second) == "uniform" else ""
         return f"{inner}epsilon(ε={self.epsilon:g})"
@@ -322,7 +368,16 @@ class EinsumRule:
         return signals, any(is_parameter_like(operand) for operand in operands)
 
     def describe(self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """The rule this call gets."""
+        """The rule this call gets.
+
+        Args:
+            func: the torch function called.
+            args: its positional arguments.
+            kwargs: its keyword arguments.
+
+        Returns:
+            the rule's description for `lfpoptim.explain`'s table.
+        """
         signals, parameters = self._kind(self._operands(args))
         if signals >= 2:
             return f"uniform over {signals} factors (AttnLRP)"

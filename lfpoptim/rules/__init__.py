@@ -31,6 +31,22 @@ from .products import AddcmulRule, DivisionRule, EinsumRule, ProductRule, is_par
 
 RuleMap = dict[TorchFunction, Rule]
 
+ADDITION_FUNCTIONS: tuple[TorchFunction, ...] = (
+    torch.add,
+    torch.Tensor.add,
+    torch.Tensor.add_,
+    torch.Tensor.__add__,
+    torch.Tensor.__radd__,
+    torch.Tensor.__iadd__,
+    torch.sub,
+    torch.Tensor.sub,
+    torch.Tensor.sub_,
+    torch.Tensor.__sub__,
+    torch.Tensor.__rsub__,
+    torch.Tensor.__isub__,
+)
+"""The sums and differences of two tensors among `EPSILON_FUNCTIONS` (residual connections)."""
+
 EPSILON_FUNCTIONS: tuple[TorchFunction, ...] = (
     F.linear,
     F.conv1d,
@@ -51,36 +67,9 @@ EPSILON_FUNCTIONS: tuple[TorchFunction, ...] = (
     F.adaptive_avg_pool3d,
     torch.mean,
     torch.Tensor.mean,
-    torch.add,
-    torch.Tensor.add,
-    torch.Tensor.add_,
-    torch.Tensor.__add__,
-    torch.Tensor.__radd__,
-    torch.Tensor.__iadd__,
-    torch.sub,
-    torch.Tensor.sub,
-    torch.Tensor.sub_,
-    torch.Tensor.__sub__,
-    torch.Tensor.__rsub__,
-    torch.Tensor.__isub__,
+    *ADDITION_FUNCTIONS,
 )
 """Functions whose output gets the epsilon rule: layers with parameters, pooling by averaging, sums."""
-
-ADDITION_FUNCTIONS: tuple[TorchFunction, ...] = (
-    torch.add,
-    torch.Tensor.add,
-    torch.Tensor.add_,
-    torch.Tensor.__add__,
-    torch.Tensor.__radd__,
-    torch.Tensor.__iadd__,
-    torch.sub,
-    torch.Tensor.sub,
-    torch.Tensor.sub_,
-    torch.Tensor.__sub__,
-    torch.Tensor.__rsub__,
-    torch.Tensor.__isub__,
-)
-"""The sums and differences of two tensors among `EPSILON_FUNCTIONS` (residual connections)."""
 
 # function -> (position of its positional ``inplace`` argument, out-of-place form if in place)
 ACTIVATION_FUNCTIONS: dict[TorchFunction, tuple[int | None, TorchFunction | None]] = {

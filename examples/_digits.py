@@ -7,12 +7,17 @@ example splits the data the same way, so their accuracies can be compared.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
+
+from lfpoptim import LFPOptimizer
+
+BATCH_SIZE = 128
 
 
 class Digits(NamedTuple):
@@ -40,10 +45,35 @@ def load_digits_split(image_shape: tuple[int, ...] = (64,)) -> Digits:
     )
 
 
+def train_epoch(
+    optimizer: LFPOptimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    batch_order: torch.Generator,
+    max_batches: int | None = None,
+) -> None:
+    """One LFP step per shuffled batch of ``BATCH_SIZE`` samples; ``batch_order`` draws the shuffle.
+
+    ``max_batches`` stops the epoch early (the examples' ``--smoke`` runs).
+    """
+    for batch in torch.randperm(len(targets), generator=batch_order).split(BATCH_SIZE)[:max_batches]:
+        optimizer.step(inputs[batch], targets[batch])
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """The fraction of ``inputs`` whose highest output is the target class."""
-    return (model(inputs).argmax(dim=1) == targets).float().mean().item()
+def accuracy(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    predict: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> float:
+    """The fraction of ``inputs`` whose predicted class is the target.
+
+    ``predict`` maps the model's outputs to class indices; by default the highest output is the class.
+    """
+    outputs = model(inputs)
+    predictions = outputs.argmax(dim=1) if predict is None else predict(outputs)
+    return (predictions == targets).float().mean().item()
 
 
 def make_mlp() -> nn.Sequential:

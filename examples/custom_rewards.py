@@ -21,12 +21,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _digits import load_digits_split, make_mlp  # examples/_digits.py, next to this file
+from _digits import load_digits_split, make_mlp, train_epoch  # examples/_digits.py, next to this file
 
 from lfpoptim import LFPOptimizer, SoftmaxLossReward
 
 Reward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-BATCH_SIZE = 128
 
 
 # --8<-- [start:class-weighted]
@@ -82,8 +81,7 @@ def train(reward: Reward, epochs: int) -> tuple[list[float], float]:
     batch_order = torch.Generator().manual_seed(0)
     accuracies = []
     for _ in range(epochs):
-        for batch in torch.randperm(len(train_y), generator=batch_order).split(BATCH_SIZE):
-            optimizer.step(train_x[batch], train_y[batch])
+        train_epoch(optimizer, train_x, train_y, batch_order)
         with torch.no_grad():
             answers = model(test_x).argmax(dim=1)
         accuracies.append(float((answers == test_y).float().mean()))

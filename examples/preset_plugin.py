@@ -22,15 +22,12 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from _digits import BATCH_SIZE, accuracy, load_digits_split, train_epoch  # examples/_digits.py, next to this file
 from torch import nn
 
 from lfpoptim import LFPOptimizer, SoftmaxLossReward
 from lfpoptim.presets import get_preset, register_preset
 from lfpoptim.rules import DropoutMode, IdentityActivationRule, RuleMap, UncoveredOperationWarning
-
-BATCH_SIZE = 128
 
 
 # --8<-- [start:preset]
@@ -53,14 +50,6 @@ def sine(epsilon: float = 1e-6, dropout: DropoutMode = "reference") -> RuleMap:
 # --8<-- [end:preset]
 
 
-def load() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    images, labels = load_digits(return_X_y=True)
-    inputs = (images / 16.0 - 0.5) / 0.5
-    train_x, test_x, train_y, test_y = train_test_split(inputs, labels, test_size=0.2, random_state=0, stratify=labels)
-    as_float = lambda array: torch.tensor(array, dtype=torch.float32)  # noqa: E731
-    return as_float(train_x), torch.tensor(train_y), as_float(test_x), torch.tensor(test_y)
-
-
 def make_sine_mlp() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(64, 256), Sine(), nn.Linear(256, 256), Sine(), nn.Linear(256, 10))
@@ -68,7 +57,7 @@ def make_sine_mlp() -> nn.Sequential:
 
 def train(preset: str, epochs: int) -> tuple[str, list[float], list[str]]:
     """Train a fresh sine MLP; return the preset the optimizer used, the test accuracies and its warnings."""
-    train_x, train_y, test_x, test_y = load()
+    train_x, train_y, test_x, test_y = load_digits_split()
     model = make_sine_mlp()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UncoveredOperationWarning)
@@ -78,17 +67,15 @@ def train(preset: str, epochs: int) -> tuple[str, list[float], list[str]]:
         batch_order = torch.Generator().manual_seed(0)
         accuracies = []
         for _ in range(epochs):
-            for batch in torch.randperm(len(train_y), generator=batch_order).split(BATCH_SIZE):
-                optimizer.step(train_x[batch], train_y[batch])
-            with torch.no_grad():
-                accuracies.append(float((model(test_x).argmax(dim=1) == test_y).float().mean()))
+            train_epoch(optimizer, train_x, train_y, batch_order)
+            accuracies.append(accuracy(model, test_x, test_y))
     messages = [str(warning.message) for warning in caught if issubclass(warning.category, UncoveredOperationWarning)]
     return optimizer.preset.name, accuracies, messages
 
 
 def feedback_similarity() -> float:
     """Cosine similarity of the first batch's feedback (all parameters) under ``default`` and ``sine``."""
-    train_x, train_y, _, _ = load()
+    train_x, train_y, _, _ = load_digits_split()
     flat = []
     for preset in ("default", "sine"):
         with warnings.catch_warnings():

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
 
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from _digits import Digits, accuracy, load_digits_split, train_epoch  # examples/_digits.py, next to this file
 
 from lfpoptim import LFPOptimizer
 from lfpoptim.snn import (
@@ -33,39 +31,17 @@ from lfpoptim.snn import (
 )
 
 NUM_STEPS = 15
-BATCH_SIZE = 128
 LEARNING_RATE = 0.02
 MOMENTUM = 0.9
 CLIP_NORM = 3.0
 
 
-@dataclass
-class Digits:
-    """A fixed, stratified split of the 8x8 digits as 64 features."""
-
-    train_inputs: torch.Tensor
-    train_targets: torch.Tensor
-    test_inputs: torch.Tensor
-    test_targets: torch.Tensor
-
-
 def load_data(encoder: str) -> Digits:
-    images, labels = load_digits(return_X_y=True)
-    inputs = images / 16.0
+    """The shared digits split in [-1, 1]; for the rate encoder, scaled back to x/16 in [0, 1] (exact in float32)."""
+    data = load_digits_split()
     if encoder == "constant":
-        inputs = (inputs - 0.5) / 0.5
-    train_x, test_x, train_y, test_y = train_test_split(inputs, labels, test_size=0.2, random_state=0, stratify=labels)
-    return Digits(
-        torch.tensor(train_x, dtype=torch.float32),
-        torch.tensor(train_y),
-        torch.tensor(test_x, dtype=torch.float32),
-        torch.tensor(test_y),
-    )
-
-
-@torch.no_grad()
-def accuracy(model: SpikingMLP, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-    return (spike_count_predictions(model(inputs)) == targets).float().mean().item()
+        return data
+    return data._replace(train_inputs=data.train_inputs * 0.5 + 0.5, test_inputs=data.test_inputs * 0.5 + 0.5)
 
 
 def train(data: Digits, reset: str, *, encoder: str, epochs: int, seed: int, max_batches: int | None) -> float:
@@ -85,12 +61,10 @@ def train(data: Digits, reset: str, *, encoder: str, epochs: int, seed: int, max
     test_accuracy = 0.0
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        batches = torch.randperm(len(data.train_targets), generator=batch_order).split(BATCH_SIZE)
-        for batch in batches[:max_batches]:
-            optimizer.step(data.train_inputs[batch], data.train_targets[batch])
+        train_epoch(optimizer, data.train_inputs, data.train_targets, batch_order, max_batches)
         seconds = time.perf_counter() - start
-        train_accuracy = accuracy(model, data.train_inputs, data.train_targets)
-        test_accuracy = accuracy(model, data.test_inputs, data.test_targets)
+        train_accuracy = accuracy(model, data.train_inputs, data.train_targets, spike_count_predictions)
+        test_accuracy = accuracy(model, data.test_inputs, data.test_targets, spike_count_predictions)
         print(
             f"reset={reset:8s} epoch {epoch:3d}  train accuracy {train_accuracy:.4f}  "
             f"test accuracy {test_accuracy:.4f}  ({seconds:.1f} s of training)",

@@ -30,6 +30,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .rules import FusionCell, RuleMap, is_inplace_call, stabilise, stabiliser_ratio
+from .rules.base import OutputGradientHook
 
 FeedbackReduction = Literal["normalized", "mean", "sum"]
 RewardFunction = Callable[[torch.Tensor, Any], torch.Tensor]
@@ -62,26 +63,22 @@ class _Stabilised:
                 self.values = tensor.detach()
 
 
-class _StabiliserHook:
+class _StabiliserHook(OutputGradientHook):
     r"""Autograd node pre-hook: multiplies the gradient arriving at z by \(|z| / (|z| + \varepsilon)\).
 
     It holds z's values detached from the graph, so no reference cycle through the graph forms.
     """
 
-    __slots__ = ("epsilon", "output_nr", "values")
+    __slots__ = ("epsilon", "values")
 
     def __init__(self, values: torch.Tensor, epsilon: float, output_nr: int) -> None:
+        super().__init__(output_nr)
         self.values = values
         self.epsilon = epsilon
-        self.output_nr = output_nr
 
-    def __call__(self, grad_outputs: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...] | None:
-        grad = grad_outputs[self.output_nr]
-        if grad is None:
-            return None
-        scaled = list(grad_outputs)
-        scaled[self.output_nr] = stabiliser_ratio(self.values, self.epsilon).mul_(grad)
-        return tuple(scaled)
+    def scale(self, grad: torch.Tensor) -> torch.Tensor:
+        r"""\(|z| / (|z| + \varepsilon)\) times ``grad``, in the ratio's buffer."""
+        return stabiliser_ratio(self.values, self.epsilon).mul_(grad)
 
 
 def _requires_grad(output: Any) -> bool:

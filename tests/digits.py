@@ -7,6 +7,7 @@ from functools import cache
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+from torch import nn
 
 
 @cache
@@ -28,3 +29,8 @@ def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
 def accuracy(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float:
     with torch.no_grad():
         return float((model(inputs).argmax(dim=1) == labels).float().mean())
+
+
+def conv_stem() -> list[nn.Module]:
+    """conv3x3(1->4)-BatchNorm-ReLU(inplace)-maxpool-flatten: 1x8x8 images to 64 features, for small test CNNs."""
+    return [nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Flatten()]

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from digits import accuracy, digits
+from digits import accuracy, conv_stem, digits
 from torch import nn
 
 from lfpoptim import BinarySigmoidLossReward, LFPOptimizer, SigmoidLossReward, SoftmaxLossReward
@@ -17,16 +17,7 @@ from lfpoptim.dropin import DropInLFPOptimizer
 
 
 def make_cnn(classes: int = 5) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64, 16),
-        nn.SiLU(),
-        nn.Linear(16, classes),
-    ).eval()
+    return nn.Sequential(*conv_stem(), nn.Linear(64, 16), nn.SiLU(), nn.Linear(16, classes)).eval()
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from lfpoptim import Heaviside, LFPOptimizer, SoftmaxLossReward
 from lfpoptim.engine import lfp_pass
 from lfpoptim.rules import default_rules
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 RewardFn = Callable[[torch.Tensor, Any], torch.Tensor]
 Case = tuple[nn.Module, torch.Tensor, Any, RewardFn]
 """A model, its inputs, its targets and the reward function."""
@@ -58,15 +59,6 @@ ACTIVATION_SLOTS = 5
 """The most activations a model family below draws."""
 
 """Activations the engine fails on: the random models leave them out, the activation test expects the failure."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """The tensors are tiny: intra-op threads only add synchronisation, ruinous on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # -- comparing the engine with the reference ----------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from digits import conv_stem
 from torch import nn
 
 from lfpoptim import explain
@@ -14,15 +15,7 @@ from lfpoptim.explain import GRADIENT_RULE, UNCOVERED
 
 def small_cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Dropout(0.5),
-        nn.Linear(64, 10),
-    )
+    return nn.Sequential(*conv_stem(), nn.Dropout(0.5), nn.Linear(64, 10))
 
 
 class Exp(nn.Module):

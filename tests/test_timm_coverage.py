@@ -29,7 +29,6 @@ adds the wider list of ``docs/presets.md``'s support table.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +41,7 @@ from torch import nn
 from lfpoptim import LFPOptimizer, SoftmaxLossReward, UncoveredOperationError
 from lfpoptim.analysis import zero_parameters
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 BATCH = 8
 CLASSES = 10
 MAX_STEPS = 30
@@ -179,15 +179,6 @@ def trained(families: list[Family]) -> list[Any]:
         for family in families
         if family.trained_in_ci
     ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on a busy 2-core machine a second one mostly spins, costing CPU time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> float:

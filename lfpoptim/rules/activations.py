@@ -90,33 +90,44 @@ class IdentityActivationRule:
         z = args[0]
         if not (isinstance(z, torch.Tensor) and z.requires_grad):
             return func(*args, **kwargs)
-        args, kwargs, inplace = self._without_inplace(func, args, kwargs)
+        args, kwargs, inplace = without_inplace(args, kwargs, self.inplace_position)
+        inplace = inplace or self.out_of_place is not None
         cell = trace.fuse_activation(z, inplace)
         if _is_relu(func) and not args[1:] and not kwargs:
             output = _ReLUIdentity.apply(z, inplace, cell)
         else:
             phi = self.out_of_place or func
             if args[1:] or kwargs:
-                phi = _WithArguments(phi, args[1:], kwargs)
+                phi = WithArguments(phi, args[1:], kwargs)
             output = _ActivationIdentity.apply(z, phi, cell)
         trace.record_activation(output, z)
         return output
 
-    def _without_inplace(
-        self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
-        inplace = self.out_of_place is not None
-        if "inplace" in kwargs:
-            kwargs = dict(kwargs)
-            inplace = inplace or bool(kwargs.pop("inplace"))
-        position = self.inplace_position
-        if position is not None and len(args) > position:
-            inplace = inplace or bool(args[position])
-            args = args[:position] + args[position + 1 :]
-        return args, kwargs, inplace
+
+def without_inplace(
+    args: tuple[Any, ...], kwargs: dict[str, Any], position: int | None
+) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
+    """An activation's arguments without its ``inplace`` flag, and whether the flag asked for in-place.
+
+    Args:
+        args: the positional arguments, ``z`` first.
+        kwargs: the keyword arguments (not modified).
+        position: index of the positional ``inplace`` argument, if the function has one.
+
+    Returns:
+        ``args`` and ``kwargs`` without ``inplace``, and whether it was set.
+    """
+    inplace = False
+    if "inplace" in kwargs:
+        kwargs = dict(kwargs)
+        inplace = bool(kwargs.pop("inplace"))
+    if position is not None and len(args) > position:
+        inplace = inplace or bool(args[position])
+        args = args[:position] + args[position + 1 :]
+    return args, kwargs, inplace
 
 
-class _WithArguments:
+class WithArguments:
     """``phi(z, *args, **kwargs)`` as a function of ``z`` alone (``F.softplus(z, beta, threshold)``)."""
 
     __slots__ = ("args", "func", "kwargs")

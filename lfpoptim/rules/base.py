@@ -100,6 +100,40 @@ class Rule(Protocol):
         """
 
 
+class OutputGradientHook:
+    """Autograd node pre-hook: replaces the gradient arriving at output ``output_nr`` by ``scale(grad)``.
+
+    Subclasses define `scale`; the hook leaves the gradients alone when none arrives at that output.
+
+    Attributes:
+        output_nr (int): which output of the node the hook acts on.
+    """
+
+    __slots__ = ("output_nr",)
+
+    def __init__(self, output_nr: int) -> None:
+        self.output_nr = output_nr
+
+    def scale(self, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient to hand on in place of ``grad``.
+
+        Args:
+            grad: the gradient arriving at output ``output_nr``.
+
+        Returns:
+            the replacement gradient.
+        """
+        raise NotImplementedError
+
+    def __call__(self, grad_outputs: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...] | None:
+        grad = grad_outputs[self.output_nr]
+        if grad is None:
+            return None
+        scaled = list(grad_outputs)
+        scaled[self.output_nr] = self.scale(grad)
+        return tuple(scaled)
+
+
 def is_inplace_call(func: TorchFunction, kwargs: Mapping[str, Any]) -> bool:
     """Whether a torch function call writes into its first argument.
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from .activations import WithArguments, without_inplace
 from .base import FusionCell, TorchFunction, Trace
 from .epsilon import stabilise
 
@@ -117,25 +118,10 @@ class GateActivationRule:
         z = args[0]
         if not (isinstance(z, torch.Tensor) and z.requires_grad):
             return func(*args, **kwargs)
-        kwargs = {key: value for key, value in kwargs.items() if key != "inplace"}
-        extra = args[1:]
-        if self.inplace_position is not None and len(args) > self.inplace_position:
-            extra = args[1 : self.inplace_position] + args[self.inplace_position + 1 :]
+        args, kwargs, _ = without_inplace(args, kwargs, self.inplace_position)
         fusion = trace.fuse_activation(z, inplace=False)
         gate = GateCell()
-        output = _GateActivation.apply(z, _Bound(func, extra, kwargs), fusion, gate)
+        output = _GateActivation.apply(z, WithArguments(func, args[1:], kwargs), fusion, gate)
         setattr(output, _GATE_ATTRIBUTE, gate)
         trace.record_activation(output, z)
         return output
-
-
-class _Bound:
-    """``func(z, *args, **kwargs)`` as a function of ``z`` alone."""
-
-    __slots__ = ("args", "func", "kwargs")
-
-    def __init__(self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.func, self.args, self.kwargs = func, args, kwargs
-
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        return self.func(z, *self.args, **self.kwargs)

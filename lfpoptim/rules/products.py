@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ._lxt import divide_gradient
-from .base import TorchFunction, Trace, is_inplace_call
+from .base import OutputGradientHook, TorchFunction, Trace, is_inplace_call
 from .gating import is_gate, mark_gate
 
 ProductKind = Literal["uniform", "parameter", "constant"]
@@ -112,22 +112,18 @@ def product_kind(first: Any, second: Any) -> ProductKind:
     return "constant"
 
 
-class _GradientScale:
+class _GradientScale(OutputGradientHook):
     """Autograd node pre-hook: multiplies the gradient arriving at output ``output_nr`` by ``factor``."""
 
-    __slots__ = ("factor", "output_nr")
+    __slots__ = ("factor",)
 
     def __init__(self, factor: float, output_nr: int) -> None:
+        super().__init__(output_nr)
         self.factor = factor
-        self.output_nr = output_nr
 
-    def __call__(self, grad_outputs: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...] | None:
-        grad = grad_outputs[self.output_nr]
-        if grad is None:
-            return None
-        scaled = list(grad_outputs)
-        scaled[self.output_nr] = grad * self.factor
-        return tuple(scaled)
+    def scale(self, grad: torch.Tensor) -> torch.Tensor:
+        """``grad * factor``."""
+        return grad * self.factor
 
 
 def scale_gradient_at(output: torch.Tensor, factor: float) -> None:
@@ -170,6 +166,13 @@ def _with_operands(
         return (first, *args[1:]), kwargs
     kwargs["input"] = first
     return args, kwargs
+
+
+def _epsilon_if(trace: Trace, output: Any, epsilon: float, applies: bool) -> Any:
+    """``output``, marked for the epsilon rule if ``applies`` and it carries a gradient."""
+    if applies and isinstance(output, torch.Tensor) and output.requires_grad:
+        trace.mark_stabilised(output, epsilon)
+    return output
 
 
 @dataclass(frozen=True)
@@ -223,10 +226,7 @@ class ProductRule:
                 args, kwargs, self._OTHER, divide_gradient(first, 2), divide_gradient(second, 2)
             )
             return func(*args, **kwargs)
-        output = func(*args, **kwargs)
-        if kind == "parameter" and isinstance(output, torch.Tensor) and output.requires_grad:
-            trace.mark_stabilised(output, self.epsilon)
-        return output
+        return _epsilon_if(trace, func(*args, **kwargs), self.epsilon, kind == "parameter")
 
 
 @dataclass(frozen=True)
@@ -250,16 +250,7 @@ class DivisionRule:
     _OTHER = ("other",)
 
     def describe(self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """The rule this call gets.
-
-        Args:
-            func: the torch function called.
-            args: its positional arguments.
-            kwargs: its keyword arguments.
-
-        Returns:
-            the rule's description for `lfpoptim.explain`'s table.
-        """
+        """The rule this call gets, for `lfpoptim.explain`'s table (arguments as `ProductRule.describe`)."""
         first, second = _operands(args, kwargs, self._OTHER)
         if _is_signal(second):
             return "uniform (AttnLRP)" if _is_signal(first) else "uniform (denominator only)"
@@ -280,10 +271,8 @@ class DivisionRule:
                 first = divide_gradient(first, 2)
             args, kwargs = _with_operands(args, kwargs, self._OTHER, first, divide_gradient(second, -signals))
             return func(*args, **kwargs)
-        output = func(*args, **kwargs)
-        if product_kind(first, second) == "parameter" and isinstance(output, torch.Tensor) and output.requires_grad:
-            trace.mark_stabilised(output, self.epsilon)
-        return output
+        # the factors' kind is read after the call, as an in-place division changes ``first``
+        return _epsilon_if(trace, func(*args, **kwargs), self.epsilon, product_kind(first, second) == "parameter")
 
 
 @dataclass(frozen=True)
@@ -302,16 +291,7 @@ class AddcmulRule:
     name: str = "addcmul"
 
     def describe(self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """The rule this call gets.
-
-        Args:
-            func: the torch function called.
-            args: its positional arguments.
-            kwargs: its keyword arguments.
-
-        Returns:
-            the rule's description for `lfpoptim.explain`'s table.
-        """
+        """The rule this call gets, for `lfpoptim.explain`'s table (arguments as `ProductRule.describe`)."""
         first, second = self._factors(args, kwargs)
         inner = "uniform product, " if product_kind(first, second) == "uniform" else ""
         return f"{inner}epsilon(ε={self.epsilon:g})"
@@ -334,10 +314,7 @@ class AddcmulRule:
                 else:
                     kwargs[name] = divide_gradient(kwargs[name], 2)
             args = tuple(args)
-        output = func(*args, **kwargs)
-        if isinstance(output, torch.Tensor) and output.requires_grad:
-            trace.mark_stabilised(output, self.epsilon)
-        return output
+        return _epsilon_if(trace, func(*args, **kwargs), self.epsilon, True)
 
 
 @dataclass(frozen=True)
@@ -368,16 +345,7 @@ class EinsumRule:
         return signals, any(is_parameter_like(operand) for operand in operands)
 
     def describe(self, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """The rule this call gets.
-
-        Args:
-            func: the torch function called.
-            args: its positional arguments.
-            kwargs: its keyword arguments.
-
-        Returns:
-            the rule's description for `lfpoptim.explain`'s table.
-        """
+        """The rule this call gets, for `lfpoptim.explain`'s table (arguments as `ProductRule.describe`)."""
         signals, parameters = self._kind(self._operands(args))
         if signals >= 2:
             return f"uniform over {signals} factors (AttnLRP)"
@@ -390,10 +358,7 @@ class EinsumRule:
         if signals >= 2:
             operands = [divide_gradient(operand, signals) if _is_signal(operand) else operand for operand in operands]
             return func(args[0], *operands, **kwargs)
-        output = func(*args, **kwargs)
-        if signals == 1 and parameters and isinstance(output, torch.Tensor) and output.requires_grad:
-            trace.mark_stabilised(output, self.epsilon)
-        return output
+        return _epsilon_if(trace, func(*args, **kwargs), self.epsilon, signals == 1 and parameters)
 
 
 _KIND_NAMES: dict[ProductKind, str] = {

@@ -64,12 +64,6 @@ def is_exact_loss_gradient(outputs: torch.Tensor, grad: torch.Tensor) -> bool:
     return False
 
 
-def is_tracing() -> bool:
-    """Whether an LFP forward trace is active in this thread (a forward inside an LFP pass)."""
-    stack = range(torch._C._len_torch_function_stack())
-    return any(isinstance(torch._C._get_function_stack_at(level), ForwardTrace) for level in stack)
-
-
 def _forward_with_rules(optimizer: DropInLFPOptimizer) -> Callable[..., Any]:
     """The function that, bound to the model, replaces its ``forward`` while ``optimizer`` is attached.
 
@@ -218,7 +212,7 @@ class DropInLFPOptimizer(WrappedOptimizer):
         inner = self._inner_forward
         if inner is None:
             inner = type(self.model).forward.__get__(self.model)
-        if not torch.is_grad_enabled() or is_tracing():
+        if not torch.is_grad_enabled() or ForwardTrace.active():
             return inner(*args, **kwargs)
         trace = ForwardTrace(self.rules)
         try:

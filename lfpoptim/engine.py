@@ -156,6 +156,12 @@ class ForwardTrace(TorchFunctionMode):
         if record is not None and snapshot and record.values is not None:
             record.values = record.values.clone()
 
+    @staticmethod
+    def active() -> bool:
+        """Whether a forward trace is active in this thread (a forward inside an LFP pass)."""
+        stack = range(torch._C._len_torch_function_stack())
+        return any(isinstance(torch._C._get_function_stack_at(level), ForwardTrace) for level in stack)
+
     # -- the Trace protocol used by the rules -------------------------------------------------
     def consume(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], inplace: bool) -> None:
         """Record that an operation without fusion read the tracked tensors among its arguments.

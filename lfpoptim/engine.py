@@ -30,7 +30,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .rules import FusionCell, RuleMap, is_inplace_call, stabilise, stabiliser_ratio
-from .rules.base import OutputGradientHook
+from .rules.base import OutputGradientHook, scalar
 
 FeedbackReduction = Literal["normalized", "mean", "sum"]
 RewardFunction = Callable[[torch.Tensor, Any], torch.Tensor]
@@ -106,6 +106,10 @@ class ForwardTrace(TorchFunctionMode):
     def __init__(self, rules: RuleMap) -> None:
         super().__init__()
         self.rules = rules
+        # the registered rules are looked up at dict speed; a map that overrides ``get`` (such as
+        # `lfpoptim.rules.CoverageCheck`, which hands out probes) is asked only when none is registered
+        self._registered = dict.get.__get__(rules) if isinstance(rules, dict) else rules.get
+        self._asks_for_misses = type(rules).get is not dict.get
         self._by_id: dict[int, _Stabilised] = {}
         self._records: list[_Stabilised] = []
         self._last_activation: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -118,7 +122,9 @@ class ForwardTrace(TorchFunctionMode):
         kwargs: Mapping[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        rule = self.rules.get(func)
+        rule = self._registered(func)
+        if rule is None and self._asks_for_misses:
+            rule = self.rules.get(func)
         if rule is not None:
             return rule(self, func, args, kwargs)
         if not self._by_id:
@@ -363,9 +369,11 @@ def check_reward(reward: Any, outputs: torch.Tensor) -> torch.Tensor:
             f"reward has shape {tuple(reward.shape)} but outputs have shape {tuple(outputs.shape)}: "
             "the reward must give one value per output unit"
         )
-    # NaN and Inf reach the sum (overflow aside), so one scalar test covers the common case; the
-    # outputs are checked too, as a reward such as sign(outputs) can be finite where they are not
-    if not math.isfinite(float(reward.sum() + outputs.sum())):
+    reward = reward.to(outputs.dtype)
+    # one reduction tests both: a NaN or an Inf in either makes sum(reward * outputs) NaN or Inf
+    # (0 * Inf is NaN). The outputs need the test too, as a reward such as sign(outputs) can be
+    # finite where they are not. A finite sum that overflows only leads to the counts below.
+    if not math.isfinite(float(torch.dot(reward.reshape(-1), outputs.detach().reshape(-1)))):
         bad = int((~torch.isfinite(outputs)).sum())
         if bad:
             raise ValueError(
@@ -378,7 +386,7 @@ def check_reward(reward: Any, outputs: torch.Tensor) -> torch.Tensor:
                 f"reward contains NaN or Inf ({bad} of {reward.numel()} entries); "
                 "check the model's outputs and the targets"
             )
-    return reward.to(outputs.dtype)
+    return reward
 
 
 def _seed(start: torch.Tensor, reward: torch.Tensor, start_epsilon: float | None, batch: int) -> torch.Tensor:
@@ -389,7 +397,7 @@ def _seed(start: torch.Tensor, reward: torch.Tensor, start_epsilon: float | None
     """
     denominator = stabilise(start, start_epsilon) if start_epsilon is not None else torch.where(start == 0, 1.0, start)
     seed = torch.div(reward, denominator)
-    return seed.div_(batch) if batch != 1 else seed
+    return seed.div_(scalar(batch)) if batch != 1 else seed
 
 
 def lfp_pass(

@@ -15,6 +15,7 @@ tensors the model has.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -28,14 +29,19 @@ TINY = 1e-12
 
 
 def _is_chunked(grad: torch.Tensor, param: torch.Tensor) -> bool:
-    return param.device.type == "cpu" and param.numel() > CHUNK and grad.is_contiguous() and param.is_contiguous()
+    """Whether a tensor (already known to be over `CHUNK` elements) goes through the chunked CPU path."""
+    return param.device.type == "cpu" and grad.is_contiguous() and param.is_contiguous()
 
 
 @torch.no_grad()
 def weight_scale_(
     grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor], sign: float = -1.0, normalize: bool = False
 ) -> bool:
-    r"""``grads[i] <- sign * |params[i]| * grads[i]``, in place, for every ``i``.
+    r"""``grads[i] <- c_i * |params[i]| * grads[i]``, in place, for every ``i``.
+
+    ``c_i`` is ``sign``, divided by \(\overline{|\theta_i|}\) when ``normalize``. The product is
+    one ``torch.addcmul`` per tensor (written into the gradient itself), so a tensor costs one
+    pass for \(|\theta|\), one for the product and, being reductions, the two sums below.
 
     Args:
         grads: tensors holding \(J_\theta^\top n\), overwritten with the scaled values.
@@ -50,40 +56,47 @@ def weight_scale_(
         whether every value of ``grads`` was finite before scaling (a NaN or an Inf sums to a
         non-finite total; so does, harmlessly rarely, a finite tensor whose sum overflows).
     """
-    chunked = [_is_chunked(grad, param) for grad, param in zip(grads, params, strict=True)]
-    small = [index for index, big in enumerate(chunked) if not big]
-    large = [index for index, big in enumerate(chunked) if big]
-    small_params = [params[index] for index in small]
-    small_grads = [grads[index] for index in small]
-    magnitudes = torch._foreach_abs(small_params) if small else []
+    if not grads:
+        return True
+    count = len(grads)
+    sizes = [param.numel() for param in params]
+    large = [i for i, size in enumerate(sizes) if size > CHUNK and _is_chunked(grads[i], params[i])]
+    small = [i for i in range(count) if i not in large] if large else list(range(count))
+    magnitudes = torch._foreach_abs([params[i] for i in small])
 
     totals = [grad.sum() for grad in grads]
     if normalize:
         totals += [magnitude.sum() for magnitude in magnitudes]
-        totals += [torch.linalg.vector_norm(params[index], ord=1) for index in large]
-    sums = torch.stack(totals).tolist() if totals else []
-    finite = all(math.isfinite(value) for value in sums[: len(grads)])
+        totals += [torch.linalg.vector_norm(params[i], ord=1) for i in large]
+    sums = torch.stack(totals).tolist()
+    finite = math.isfinite(sum(sums[:count]))  # a NaN or an Inf anywhere makes the total NaN or Inf
 
-    factors = [sign] * len(grads)
+    factors = [sign] * count
     if normalize:
-        order = small + large
-        for index, magnitude_sum in zip(order, sums[len(grads) :], strict=True):
-            factors[index] = sign * params[index].numel() / max(magnitude_sum, TINY)
+        for i, magnitude_sum in zip(small + large, sums[count:], strict=True):
+            factors[i] = sign * sizes[i] / max(magnitude_sum, TINY)
 
-    if small:
-        torch._foreach_mul_(magnitudes, [factors[index] for index in small])
-        torch._foreach_mul_(small_grads, magnitudes)
+    for i, magnitude in zip(small, magnitudes, strict=True):
+        _scale_(grads[i], magnitude, factors[i])
 
     buffer: torch.Tensor | None = None
-    for index in large:
-        grad, param = grads[index], params[index].detach()
+    for i in large:
+        grad, param = grads[i], params[i].detach()
         if buffer is None or buffer.dtype != param.dtype:
             buffer = torch.empty(CHUNK, dtype=param.dtype)
         flat_grad, flat_param, total = grad.view(-1), param.view(-1), param.numel()
         for start in range(0, total, CHUNK):
             stop = min(start + CHUNK, total)
-            scale = buffer[: stop - start]
-            torch.abs(flat_param[start:stop], out=scale)
-            scale.mul_(factors[index])
-            flat_grad[start:stop].mul_(scale)
+            magnitude = torch.abs(flat_param[start:stop], out=buffer[: stop - start])
+            _scale_(flat_grad[start:stop], magnitude, factors[i])
     return finite
+
+
+def _scale_(grad: torch.Tensor, magnitude: torch.Tensor, factor: float) -> None:
+    """``grad <- factor * magnitude * grad`` in one pass (``addcmul`` onto a broadcast zero, into ``grad``)."""
+    torch.addcmul(_zero(grad.dtype, grad.device), grad, magnitude, value=factor, out=grad)
+
+
+@functools.cache
+def _zero(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.zeros((), dtype=dtype, device=device)

@@ -50,7 +50,7 @@ def class_indices(outputs: torch.Tensor, targets: Any, reward: str, *, check_ran
         targets: what the user passed as targets.
         reward: the reward's name, for error messages.
         check_range: also check that every index lies in ``[0, classes)`` (one host sync);
-            `class_targets` leaves that to ``F.one_hot``, which checks it on the CPU anyway.
+            `class_targets` leaves that to ``Tensor.scatter_``, which checks it on the CPU anyway.
 
     Raises:
         TypeError: targets that are not an integer tensor.
@@ -84,7 +84,7 @@ def _check_range(indices: torch.Tensor, classes: int) -> None:
 def class_targets(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Tensor:
     """One-hot encode class indices, or copy class probabilities shaped like ``outputs``.
 
-    The result is a new tensor that the caller may modify in place.
+    The result is a new tensor in the dtype of ``outputs`` that the caller may modify in place.
 
     Args:
         outputs: the logits, shaped ``(batch, classes)``.
@@ -96,12 +96,11 @@ def class_targets(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Ten
     classes = outputs.shape[-1]
     on_cpu = outputs.device.type == "cpu"
     indices = class_indices(outputs, targets, reward, check_range=not on_cpu)
-    try:
-        onehot = F.one_hot(indices, classes)
-    except RuntimeError:  # on the CPU, one_hot checks the range itself: say which index is wrong
+    try:  # written straight in the outputs' dtype (F.one_hot would need a cast)
+        return torch.zeros_like(outputs).scatter_(1, indices.unsqueeze(1), 1.0)
+    except RuntimeError:  # on the CPU, scatter_ checks the range itself: say which index is wrong
         _check_range(indices, classes)
         raise
-    return onehot.to(outputs.dtype)
 
 
 class SoftmaxLossReward:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .base import FusionCell, TorchFunction, Trace
+from .base import FusionCell, TorchFunction, Trace, scalar
 from .epsilon import stabilise
 
 
@@ -35,9 +35,9 @@ class _ReLUIdentity(torch.autograd.Function):
     def forward(ctx: Any, z: torch.Tensor, inplace: bool, cell: FusionCell) -> torch.Tensor:
         if inplace:
             ctx.mark_dirty(z)
-            a = z.clamp_min_(0)
+            a = torch.relu_(z)
         else:
-            a = z.clamp_min(0)
+            a = torch.relu(z)
         ctx.save_for_backward(a)
         ctx.cell = cell
         return a
@@ -47,7 +47,7 @@ class _ReLUIdentity(torch.autograd.Function):
         (a,) = ctx.saved_tensors
         cell: FusionCell = ctx.cell
         if cell.fused:  # a / (a + eps), in one temporary
-            ratio = a + cell.epsilon
+            ratio = a + scalar(cell.epsilon)
             torch.div(a, ratio, out=ratio)
             return ratio.mul_(grad), None, None
         return grad * (a > 0).to(grad.dtype), None, None

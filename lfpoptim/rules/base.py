@@ -12,6 +12,7 @@ small `Trace` protocol below and never import the engine or the optimizer.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -132,6 +133,24 @@ class OutputGradientHook:
         scaled = list(grad_outputs)
         scaled[self.output_nr] = self.scale(grad)
         return tuple(scaled)
+
+
+@functools.cache
+def scalar(value: float) -> torch.Tensor:
+    """``value`` as a 0-dim float64 tensor on the CPU, for the element-wise arithmetic of the rules.
+
+    Given a Python number, a torch operation wraps it into a tensor anew on every call, which on
+    the CPU costs more than the arithmetic on a small tensor (about 6 µs against 4 µs for
+    ``x + 1e-6`` on 128x10 values). A 0-dim tensor is used as is and, like a Python number, takes
+    the dtype and the device of the other operand.
+
+    Args:
+        value: the number.
+
+    Returns:
+        the same tensor for every call with ``value``; never modify it.
+    """
+    return torch.tensor(value, dtype=torch.float64)
 
 
 def is_inplace_call(func: TorchFunction, kwargs: Mapping[str, Any]) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .base import TorchFunction, Trace, is_inplace_call
+from .base import TorchFunction, Trace, is_inplace_call, scalar
 
 
 def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -42,8 +42,8 @@ def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     Returns:
         a new tensor shaped like ``z``.
     """
-    # |z| + eps with the sign of z; adding 0.0 first turns -0.0 into +0.0, which gets +eps
-    return z.abs().add_(epsilon).copysign_(z + 0.0)
+    # z plus eps with the sign of z; adding 0.0 first turns -0.0 into +0.0, which gets +eps
+    return torch.copysign(scalar(epsilon), z + scalar(0.0)).add_(z)
 
 
 def stabiliser_ratio(z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -56,8 +56,10 @@ def stabiliser_ratio(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     Returns:
         a new tensor shaped like ``z``, with entries in \([0, 1)\).
     """
-    # 1 - eps / (|z| + eps), computed in place in one temporary
-    return z.abs().add_(epsilon).reciprocal_().mul_(-epsilon).add_(1.0)
+    # |z| / (|z| + eps) directly: the form 1 - eps / (|z| + eps) needs 1 / eps, which overflows
+    # float16 (and so turned ratios of zeros into -inf) for any eps below 1.5e-5
+    magnitude = z.abs()
+    return magnitude.div_(magnitude + scalar(epsilon))
 
 
 @dataclass(frozen=True)

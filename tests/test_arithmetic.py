@@ -1,0 +1,58 @@
+"""The element-wise arithmetic under the rules and the update, against the formulas written out plainly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lfpoptim.functional import CHUNK, weight_scale_
+from lfpoptim.rules import stabilise, stabiliser_ratio
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def plain_stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """stab(z) = z + eps * (sign(z) + [z == 0]), as LFP.md writes it, computed in float64."""
+    z = z.double()
+    return z + epsilon * (torch.sign(z) + (z == 0).double())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("epsilon", [1e-6, 0.1])
+def test_stabilise_and_its_ratio_keep_the_dtype_and_match_the_formula(dtype: torch.dtype, epsilon: float) -> None:
+    torch.manual_seed(0)
+    z = torch.cat([torch.randn(200), torch.tensor([0.0, -0.0, 1e-7, -1e-7])]).to(dtype)
+    stabilised, ratio = stabilise(z, epsilon), stabiliser_ratio(z, epsilon)
+    assert stabilised.dtype == dtype
+    assert ratio.dtype == dtype
+    expected = plain_stabilise(z, float(torch.tensor(epsilon, dtype=dtype)))  # eps as the dtype can hold it
+    tolerance = {torch.float16: 1e-3, torch.bfloat16: 1e-2}.get(dtype, 1e-6)
+    torch.testing.assert_close(stabilised.double(), expected, rtol=tolerance, atol=0.0)
+    torch.testing.assert_close(ratio.double(), z.double() / expected, rtol=tolerance, atol=tolerance)
+    assert stabilised[-3] > 0  # -0.0 is moved to +eps, as 0.0 is
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_weight_scale_matches_the_formula_on_small_and_chunked_tensors(normalize: bool, sign: float) -> None:
+    torch.manual_seed(0)
+    shapes = [(7,), (64, 33), (CHUNK + 5,), (3, CHUNK // 2)]  # the last two go through the chunked path
+    params = [torch.randn(shape, dtype=torch.float64) for shape in shapes]
+    grads = [torch.randn(shape, dtype=torch.float64) for shape in shapes]
+    expected = []
+    for param, grad in zip(params, grads, strict=True):
+        scale = param.numel() / param.abs().sum() if normalize else 1.0
+        expected.append(sign * scale * param.abs() * grad)
+    assert weight_scale_(grads, params, sign=sign, normalize=normalize)
+    for result, wanted in zip(grads, expected, strict=True):
+        torch.testing.assert_close(result, wanted, rtol=1e-12, atol=0.0)
+
+
+def test_weight_scale_reports_non_finite_feedback_in_any_tensor() -> None:
+    params = [torch.ones(4), torch.ones(CHUNK + 1)]
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for index in range(2):
+            grads = [torch.ones(4), torch.ones(CHUNK + 1)]
+            grads[index][1] = bad
+            assert not weight_scale_(grads, params, normalize=True)
+    assert weight_scale_([torch.ones(4), torch.ones(CHUNK + 1)], params, normalize=True)

@@ -150,7 +150,7 @@ def scalar(value: float) -> torch.Tensor:
     Returns:
         the same tensor for every call with ``value``; never modify it.
     """
-    return torch.tensor(value, dtype=torch.float64)
+    return torch.tensor(value, dtype=torch.float64, device="cpu")  # a CPU scalar works with tensors on any device
 
 
 def is_inplace_call(func: TorchFunction, kwargs: Mapping[str, Any]) -> bool:

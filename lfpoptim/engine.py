@@ -354,7 +354,7 @@ def check_reward(reward: Any, outputs: torch.Tensor) -> torch.Tensor:
         outputs: the model's outputs.
 
     Returns:
-        ``reward`` in the dtype of ``outputs``.
+        ``reward`` on the device and in the dtype of ``outputs``.
 
     Raises:
         TypeError: ``reward`` is not a tensor, or is complex.
@@ -369,7 +369,7 @@ def check_reward(reward: Any, outputs: torch.Tensor) -> torch.Tensor:
             f"reward has shape {tuple(reward.shape)} but outputs have shape {tuple(outputs.shape)}: "
             "the reward must give one value per output unit"
         )
-    reward = reward.to(outputs.dtype)
+    reward = reward.to(device=outputs.device, dtype=outputs.dtype)  # the same tensor when both already match
     # one reduction tests both: a NaN or an Inf in either makes sum(reward * outputs) NaN or Inf
     # (0 * Inf is NaN). The outputs need the test too, as a reward such as sign(outputs) can be
     # finite where they are not. A finite sum that overflows only leads to the counts below.

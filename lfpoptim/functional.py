@@ -2,15 +2,15 @@ r"""The arithmetic of an LFP update, apart from any class.
 
 Feedback is \(F_\theta = |\theta| \odot J_\theta^\top n\) and the optimizer ascends it, so
 ``theta.grad`` becomes \(-F_\theta\). `weight_scale_` writes that into the tensors
-autograd returned, in place. Small tensors go through torch's ``_foreach`` kernels (one call for
-all of them); large CPU tensors go through one small reused buffer, chunk by chunk, because
-allocating a temporary of each large parameter's size costs more than the arithmetic (on a
-ResNet-18, ``_foreach_abs`` of all 11.2M parameters spends most of its time allocating 45 MB).
+autograd returned, in place: \(|\theta|\) of the small tensors in one ``_foreach_abs`` call,
+then one ``addcmul`` per tensor for the product with its factor. Large CPU tensors take
+\(|\theta|\) through one small reused buffer, chunk by chunk, because allocating a temporary of
+each large parameter's size costs more than the arithmetic (on a ResNet-18, ``_foreach_abs`` of
+all 11.2M parameters spends most of its time allocating 45 MB).
 
 Every per-tensor scalar the update needs (the sums of \(|\theta|\) for the normalisation and
 the sums of the feedback factors for the finiteness check) is gathered into one vector and read
-back to the host once, so the per-step cost stays a handful of kernel launches however many
-tensors the model has.
+back to the host once.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def handwritten_feedback(
         reward = onehot.sub_(hidden.softmax(dim=1)).mul_(hidden)
         if not math.isfinite(float(torch.dot(reward.view(-1), hidden.view(-1)))):
             raise ValueError("non-finite reward or outputs")
-        stabilised = torch.copysign(EPSILON_TENSOR, hidden + 0.0).add_(hidden)
+        stabilised = hidden.abs().add_(EPSILON_TENSOR).copysign_(hidden + 0.0)
         seed = torch.div(reward, stabilised).div_(hidden.shape[0])
     return list(torch.autograd.grad(hidden, params, seed))
 

@@ -106,10 +106,6 @@ class ForwardTrace(TorchFunctionMode):
     def __init__(self, rules: RuleMap) -> None:
         super().__init__()
         self.rules = rules
-        # the registered rules are looked up at dict speed; a map that overrides ``get`` (such as
-        # `lfpoptim.rules.CoverageCheck`, which hands out probes) is asked only when none is registered
-        self._registered = dict.get.__get__(rules) if isinstance(rules, dict) else rules.get
-        self._asks_for_misses = type(rules).get is not dict.get
         self._by_id: dict[int, _Stabilised] = {}
         self._records: list[_Stabilised] = []
         self._last_activation: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -122,9 +118,7 @@ class ForwardTrace(TorchFunctionMode):
         kwargs: Mapping[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        rule = self._registered(func)
-        if rule is None and self._asks_for_misses:
-            rule = self.rules.get(func)
+        rule = self.rules.get(func)
         if rule is not None:
             return rule(self, func, args, kwargs)
         if not self._by_id:
@@ -373,7 +367,7 @@ def check_reward(reward: Any, outputs: torch.Tensor) -> torch.Tensor:
     # one reduction tests both: a NaN or an Inf in either makes sum(reward * outputs) NaN or Inf
     # (0 * Inf is NaN). The outputs need the test too, as a reward such as sign(outputs) can be
     # finite where they are not. A finite sum that overflows only leads to the counts below.
-    if not math.isfinite(float(torch.dot(reward.reshape(-1), outputs.detach().reshape(-1)))):
+    if not math.isfinite(float(torch.dot(reward.reshape(-1), outputs.reshape(-1)))):
         bad = int((~torch.isfinite(outputs)).sum())
         if bad:
             raise ValueError(

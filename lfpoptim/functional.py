@@ -60,8 +60,11 @@ def weight_scale_(
         return True
     count = len(grads)
     sizes = [param.numel() for param in params]
-    large = [i for i, size in enumerate(sizes) if size > CHUNK and _is_chunked(grads[i], params[i])]
-    small = [i for i in range(count) if i not in large] if large else list(range(count))
+    chunked = [
+        size > CHUNK and _is_chunked(grad, param) for size, grad, param in zip(sizes, grads, params, strict=True)
+    ]
+    small = [i for i, big in enumerate(chunked) if not big]
+    large = [i for i, big in enumerate(chunked) if big]
     magnitudes = torch._foreach_abs([params[i] for i in small])
 
     totals = [grad.sum() for grad in grads]
@@ -99,4 +102,5 @@ def _scale_(grad: torch.Tensor, magnitude: torch.Tensor, factor: float) -> None:
 
 @functools.cache
 def _zero(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A 0-dim zero on ``device`` (not a CPU scalar: ``addcmul`` takes one only after its first operand)."""
     return torch.zeros((), dtype=dtype, device=device)

@@ -56,3 +56,11 @@ def test_weight_scale_reports_non_finite_feedback_in_any_tensor() -> None:
             grads[index][1] = bad
             assert not weight_scale_(grads, params, normalize=True)
     assert weight_scale_([torch.ones(4), torch.ones(CHUNK + 1)], params, normalize=True)
+
+
+def test_stabiliser_arithmetic_runs_on_tensors_of_another_device() -> None:
+    # the meta device applies torch's device checks without an accelerator: the cached CPU
+    # constants must sit where torch accepts a CPU scalar next to a tensor of another device
+    z = torch.randn(5, 3, device="meta")
+    assert stabilise(z, 1e-6).device.type == "meta"
+    assert stabiliser_ratio(z, 1e-6).device.type == "meta"

@@ -142,7 +142,8 @@ def scalar(value: float) -> torch.Tensor:
     Given a Python number, a torch operation wraps it into a tensor anew on every call, which on
     the CPU costs more than the arithmetic on a small tensor (about 6 µs against 4 µs for
     ``x + 1e-6`` on 128x10 values). A 0-dim tensor is used as is and, like a Python number, takes
-    the dtype and the device of the other operand.
+    the dtype and the device of the other operand, provided it is not the first operand: torch
+    accepts a CPU scalar next to tensors on another device only after a tensor on that device.
 
     Args:
         value: the number.

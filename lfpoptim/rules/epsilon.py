@@ -42,8 +42,9 @@ def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     Returns:
         a new tensor shaped like ``z``.
     """
-    # z plus eps with the sign of z; adding 0.0 first turns -0.0 into +0.0, which gets +eps
-    return torch.copysign(scalar(epsilon), z + scalar(0.0)).add_(z)
+    # |z| + eps with the sign of z; adding 0.0 first turns -0.0 into +0.0, which gets +eps. The
+    # 0-dim constants stay second operands: torch takes a CPU scalar there for tensors on any device
+    return z.abs().add_(scalar(epsilon)).copysign_(z + scalar(0.0))
 
 
 def stabiliser_ratio(z: torch.Tensor, epsilon: float) -> torch.Tensor:

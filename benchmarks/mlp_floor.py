@@ -1,9 +1,8 @@
 r"""How fast can an exact LFP step on the MLP of ``step_time.py`` be on this machine, with no library at all?
 
-``step_time.py`` measures `lfpoptim.LFPOptimizer` against a plain SGD step. This script adds a
-third contender: the same LFP step written out by hand for exactly this network (no trace, no
-rule lookup, no checks, no optimizer class), doing only the arithmetic that exact epsilon-LFP
-needs on top of SGD's:
+``step_time.py`` measures `lfpoptim.LFPOptimizer` against a plain SGD step. This script adds the
+same LFP step written out by hand for exactly this network (no trace, no rule lookup, no argument
+checks, no optimizer class), doing only the arithmetic that exact epsilon-LFP needs on top of SGD's:
 
 * each ReLU's backward multiplies by \(a / (a + \varepsilon)\) (the identity rule fused with
   the stabiliser of the Linear below it) instead of \([a > 0]\): one custom autograd function;
@@ -17,6 +16,11 @@ any eager PyTorch implementation of the same method and the same update on this 
 compiled kernel fusing the element-wise work could go below it); the gap between it and the
 library's ratio is what the library's generality costs (the forward trace, the rule lookup, the
 checks and the optimizer's bookkeeping).
+
+Two stripped variants of the hand-written step show what the update's extras cost: without the
+finiteness check of the feedback (``no check``), and also without the normalisation by
+\(\overline{|\theta|}\) (``no check, mean``: the update of ``feedback_reduction="mean"``, which
+needs learning rates ~20x SGD's). The latter is the least work an exact LFP step can do.
 
 Each extra operation of a small step counts here: on a two-core cloud CPU an element-wise torch
 operation on a 128x256 tensor inside a training step costs 15-25 µs, a few times what the same
@@ -89,29 +93,56 @@ def handwritten_feedback(
     return list(torch.autograd.grad(hidden, params, seed))
 
 
-def handwritten_update_(grads: list[torch.Tensor], params: list[torch.Tensor]) -> None:
-    r"""``grads[i] <- -|θ_i| * grads[i] / mean|θ_i|``, refusing non-finite feedback."""
+def handwritten_update_(
+    grads: list[torch.Tensor], params: list[torch.Tensor], *, normalize: bool = True, check: bool = True
+) -> None:
+    r"""``grads[i] <- -|θ_i| * grads[i] / mean|θ_i|`` (without ``/ mean|θ_i|`` unless ``normalize``).
+
+    With ``check``, non-finite feedback is refused, as the library refuses it.
+    """
     with torch.no_grad():
         magnitudes = torch._foreach_abs(params)
-        sums = torch.stack([grad.sum() for grad in grads] + [magnitude.sum() for magnitude in magnitudes]).tolist()
-        if not math.isfinite(sum(sums[: len(grads)])):
+        totals = [grad.sum() for grad in grads] if check else []
+        if normalize:
+            totals += [magnitude.sum() for magnitude in magnitudes]
+        sums = torch.stack(totals).tolist() if totals else []
+        if check and not math.isfinite(sum(sums[: len(grads)])):
             raise ValueError("non-finite feedback")
-        for grad, magnitude, param, total in zip(grads, magnitudes, params, sums[len(grads) :], strict=True):
-            torch.addcmul(ZERO, grad, magnitude, value=-param.numel() / total, out=grad)
+        factors = [-1.0] * len(grads)
+        if normalize:
+            factors = [-param.numel() / total for param, total in zip(params, sums[-len(grads) :], strict=True)]
+        for grad, magnitude, factor in zip(grads, magnitudes, factors, strict=True):
+            torch.addcmul(ZERO, grad, magnitude, value=factor, out=grad)
 
 
 def _linears(model: nn.Sequential) -> list[nn.Linear]:
     return [module for module in model if isinstance(module, nn.Linear)]
 
 
+def handwritten_step(
+    model: nn.Sequential, inputs: torch.Tensor, targets: torch.Tensor, *, normalize: bool = True, check: bool = True
+) -> Callable[[], None]:
+    """The hand-written LFP training step on ``model`` (see `handwritten_update_` for the flags)."""
+    params = list(model.parameters())
+    linears = _linears(model)
+    optimizer = torch.optim.SGD(params, lr=LEARNING_RATE, momentum=MOMENTUM)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        grads = handwritten_feedback(linears, params, inputs, targets)
+        handwritten_update_(grads, params, normalize=normalize, check=check)
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad
+        optimizer.step()
+
+    return step
+
+
 def contenders(model: nn.Sequential, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Callable[[], None]]:
-    """One training step each for SGD, the library's LFP and the hand-written LFP, on copies of ``model``."""
-    sgd_model, lfp_model, hand_model = (copy.deepcopy(model) for _ in range(3))
+    """One training step each for SGD, the library's LFP and the hand-written LFP steps, on copies of ``model``."""
+    sgd_model, lfp_model = copy.deepcopy(model), copy.deepcopy(model)
     sgd = torch.optim.SGD(sgd_model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
     lfp = LFPOptimizer(lfp_model, SoftmaxLossReward(), lr=LEARNING_RATE, momentum=MOMENTUM)
-    hand_params = list(hand_model.parameters())
-    hand_linears = _linears(hand_model)
-    hand = torch.optim.SGD(hand_params, lr=LEARNING_RATE, momentum=MOMENTUM)
 
     def sgd_step() -> None:
         sgd.zero_grad(set_to_none=True)
@@ -122,15 +153,13 @@ def contenders(model: nn.Sequential, inputs: torch.Tensor, targets: torch.Tensor
         lfp.zero_grad(set_to_none=True)
         lfp.step(inputs, targets)
 
-    def hand_step() -> None:
-        hand.zero_grad(set_to_none=True)
-        grads = handwritten_feedback(hand_linears, hand_params, inputs, targets)
-        handwritten_update_(grads, hand_params)
-        for param, grad in zip(hand_params, grads, strict=True):
-            param.grad = grad
-        hand.step()
-
-    return {"sgd": sgd_step, "lfp": lfp_step, "handwritten": hand_step}
+    return {
+        "sgd": sgd_step,
+        "lfp": lfp_step,
+        "handwritten": handwritten_step(copy.deepcopy(model), inputs, targets),
+        "no check": handwritten_step(copy.deepcopy(model), inputs, targets, check=False),
+        "no check, mean": handwritten_step(copy.deepcopy(model), inputs, targets, normalize=False, check=False),
+    }
 
 
 def check_feedback(model: nn.Sequential, inputs: torch.Tensor, targets: torch.Tensor) -> float:
@@ -171,7 +200,7 @@ def main() -> None:
     print(f"MLP 64-256-256-10, batch {BATCH_SIZE}, one thread, {args.repeats} interleaved repetitions (CPU time)")
     for name in names:
         ratio = statistics.median(t / s for t, s in zip(times[name], times["sgd"], strict=True))
-        print(f"{name:>12}  {statistics.median(times[name]):6.2f} ms  {ratio:5.2f}x SGD")
+        print(f"{name:>14}  {statistics.median(times[name]):6.2f} ms  {ratio:5.2f}x SGD")
 
 
 if __name__ == "__main__":

@@ -391,7 +391,7 @@ def _seed(start: torch.Tensor, reward: torch.Tensor, start_epsilon: float | None
     """
     denominator = stabilise(start, start_epsilon) if start_epsilon is not None else torch.where(start == 0, 1.0, start)
     seed = torch.div(reward, denominator)
-    return seed.div_(scalar(batch)) if batch != 1 else seed
+    return seed.div_(scalar(batch, seed)) if batch != 1 else seed
 
 
 def lfp_pass(

@@ -47,7 +47,7 @@ class _ReLUIdentity(torch.autograd.Function):
         (a,) = ctx.saved_tensors
         cell: FusionCell = ctx.cell
         if cell.fused:  # a / (a + eps), in one temporary
-            ratio = a + scalar(cell.epsilon)
+            ratio = a + scalar(cell.epsilon, a)
             torch.div(a, ratio, out=ratio)
             return ratio.mul_(grad), None, None
         return grad * (a > 0).to(grad.dtype), None, None

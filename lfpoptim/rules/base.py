@@ -135,23 +135,31 @@ class OutputGradientHook:
         return tuple(scaled)
 
 
-@functools.cache
-def scalar(value: float) -> torch.Tensor:
-    """``value`` as a 0-dim float64 tensor on the CPU, for the element-wise arithmetic of the rules.
+def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """``value`` as a 0-dim CPU tensor, for the element-wise arithmetic of the rules on ``like``.
 
     Given a Python number, a torch operation wraps it into a tensor anew on every call, which on
     the CPU costs more than the arithmetic on a small tensor (about 6 µs against 4 µs for
     ``x + 1e-6`` on 128x10 values). A 0-dim tensor is used as is and, like a Python number, takes
-    the dtype and the device of the other operand, provided it is not the first operand: torch
-    accepts a CPU scalar next to tensors on another device only after a tensor on that device.
+    the device of the other operand, provided it is not the first operand: torch accepts a CPU
+    scalar next to tensors on another device only after a tensor on that device. It is in the
+    dtype of ``like`` when that is float32 or float64, so that no operation casts it; half
+    precision keeps float64 (those operations compute in float32, and ε = 1e-8 underflows float16).
 
     Args:
         value: the number.
+        like: the tensor the constant will be combined with.
 
     Returns:
-        the same tensor for every call with ``value``; never modify it.
+        the same tensor for every call with ``value`` and that dtype; never modify it.
     """
-    return torch.tensor(value, dtype=torch.float64, device="cpu")  # a CPU scalar works with tensors on any device
+    dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float64
+    return _cpu_scalar(value, dtype)
+
+
+@functools.cache
+def _cpu_scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(value, dtype=dtype, device="cpu")  # a CPU scalar works with tensors on any device
 
 
 def is_inplace_call(func: TorchFunction, kwargs: Mapping[str, Any]) -> bool:

@@ -44,7 +44,7 @@ def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """
     # |z| + eps with the sign of z; adding 0.0 first turns -0.0 into +0.0, which gets +eps. The
     # 0-dim constants stay second operands: torch takes a CPU scalar there for tensors on any device
-    return z.abs().add_(scalar(epsilon)).copysign_(z + scalar(0.0))
+    return z.abs().add_(scalar(epsilon, z)).copysign_(z + scalar(0.0, z))
 
 
 def stabiliser_ratio(z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -60,7 +60,24 @@ def stabiliser_ratio(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     # |z| / (|z| + eps) directly: the form 1 - eps / (|z| + eps) needs 1 / eps, which overflows
     # float16 (and so turned ratios of zeros into -inf) for any eps below 1.5e-5
     magnitude = z.abs()
-    return magnitude.div_(magnitude + scalar(epsilon))
+    return magnitude.div_(magnitude + scalar(epsilon, z))
+
+
+def mark_output(trace: Trace, output: Any, epsilon: float, applies: bool = True) -> Any:
+    """Hand ``output`` to ``trace`` as the output z of an epsilon-rule operation, and return it.
+
+    Args:
+        trace: the forward trace the operation ran in.
+        output: what the operation returned; only a tensor that carries a gradient is marked.
+        epsilon: the ε of its stabiliser.
+        applies: whether the epsilon rule applies to this call at all (``False``: nothing is marked).
+
+    Returns:
+        ``output``, unchanged.
+    """
+    if applies and isinstance(output, torch.Tensor) and output.requires_grad:
+        trace.mark_stabilised(output, epsilon)
+    return output
 
 
 @dataclass(frozen=True)
@@ -77,7 +94,4 @@ class EpsilonRule:
 
     def __call__(self, trace: Trace, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         trace.consume(args, kwargs, inplace=is_inplace_call(func, kwargs))
-        output = func(*args, **kwargs)
-        if isinstance(output, torch.Tensor) and output.requires_grad:
-            trace.mark_stabilised(output, self.epsilon)
-        return output
+        return mark_output(trace, func(*args, **kwargs), self.epsilon)

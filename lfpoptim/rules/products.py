@@ -32,6 +32,7 @@ from torch import nn
 
 from ._lxt import divide_gradient
 from .base import OutputGradientHook, TorchFunction, Trace, is_inplace_call
+from .epsilon import mark_output
 from .gating import is_gate, mark_gate
 
 ProductKind = Literal["uniform", "parameter", "constant"]
@@ -168,13 +169,6 @@ def _with_operands(
     return args, kwargs
 
 
-def _epsilon_if(trace: Trace, output: Any, epsilon: float, applies: bool) -> Any:
-    """``output``, marked for the epsilon rule if ``applies`` and it carries a gradient."""
-    if applies and isinstance(output, torch.Tensor) and output.requires_grad:
-        trace.mark_stabilised(output, epsilon)
-    return output
-
-
 @dataclass(frozen=True)
 class ProductRule:
     r"""Element-wise and matrix products of two tensors (``a * b``, ``a @ b``, ``torch.bmm``).
@@ -226,7 +220,7 @@ class ProductRule:
                 args, kwargs, self._OTHER, divide_gradient(first, 2), divide_gradient(second, 2)
             )
             return func(*args, **kwargs)
-        return _epsilon_if(trace, func(*args, **kwargs), self.epsilon, kind == "parameter")
+        return mark_output(trace, func(*args, **kwargs), self.epsilon, kind == "parameter")
 
 
 @dataclass(frozen=True)
@@ -272,7 +266,7 @@ class DivisionRule:
             args, kwargs = _with_operands(args, kwargs, self._OTHER, first, divide_gradient(second, -signals))
             return func(*args, **kwargs)
         # the factors' kind is read after the call, as an in-place division changes ``first``
-        return _epsilon_if(trace, func(*args, **kwargs), self.epsilon, product_kind(first, second) == "parameter")
+        return mark_output(trace, func(*args, **kwargs), self.epsilon, product_kind(first, second) == "parameter")
 
 
 @dataclass(frozen=True)
@@ -314,7 +308,7 @@ class AddcmulRule:
                 else:
                     kwargs[name] = divide_gradient(kwargs[name], 2)
             args = tuple(args)
-        return _epsilon_if(trace, func(*args, **kwargs), self.epsilon, True)
+        return mark_output(trace, func(*args, **kwargs), self.epsilon, True)
 
 
 @dataclass(frozen=True)
@@ -358,7 +352,7 @@ class EinsumRule:
         if signals >= 2:
             operands = [divide_gradient(operand, signals) if _is_signal(operand) else operand for operand in operands]
             return func(args[0], *operands, **kwargs)
-        return _epsilon_if(trace, func(*args, **kwargs), self.epsilon, signals == 1 and parameters)
+        return mark_output(trace, func(*args, **kwargs), self.epsilon, signals == 1 and parameters)
 
 
 _KIND_NAMES: dict[ProductKind, str] = {

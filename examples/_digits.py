@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -43,6 +44,17 @@ def load_digits_split(image_shape: tuple[int, ...] = (64,)) -> Digits:
         torch.tensor(test_x, dtype=torch.float32),
         torch.tensor(test_y),
     )
+
+
+def load_digit_images(image_size: int = 32) -> Digits:
+    """The same split as 3-channel images of ``image_size`` pixels (bilinear upsampling), for timm models."""
+    data = load_digits_split(image_shape=(1, 8, 8))
+
+    def upsample(images: torch.Tensor) -> torch.Tensor:
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        return images.expand(-1, 3, -1, -1).contiguous()
+
+    return Digits(upsample(data.train_inputs), data.train_targets, upsample(data.test_inputs), data.test_targets)
 
 
 def train_epoch(
@@ -79,6 +91,28 @@ def accuracy(
 def make_mlp() -> nn.Sequential:
     """The MLP 64-256-256-10 with ReLUs, for flat inputs."""
     return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def make_lenet_bn() -> nn.Sequential:
+    """A LeNet-style CNN for 1x8x8 inputs with BatchNorm and dropout.
+
+    conv3x3(1->16)-BN-ReLU-maxpool-conv3x3(16->32)-BN-ReLU-maxpool-flatten-dropout(0.2)-fc(128->64)-ReLU-fc(64->10).
+    """
+    return nn.Sequential(
+        nn.Conv2d(1, 16, kernel_size=3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, kernel_size=3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(32 * 2 * 2, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
 
 
 def make_lenet() -> nn.Sequential:

@@ -4,8 +4,8 @@ The reference's minimal example trains a LeNet with SGD (lr 0.1, momentum 0.9, b
 feedback summed over the batch and the update's norm clipped to 3. ``reference_settings`` below
 is that loop in lfpoptim: the same feedback, the same clipping, one call per step. The script
 trains a small LeNet on scikit-learn's digits with it and, from the same start on the same
-batches, with lfpoptim's defaults (feedback normalised per tensor, no clipping) and with the
-defaults plus clipping to norm 1, and prints the test accuracy after every epoch.
+batches, with lfpoptim's defaults (each tensor's update as long as SGD's step, no clipping) and
+with the defaults plus clipping to norm 1, and prints the test accuracy after every epoch.
 
     python examples/lfprop_migration.py             # 10 epochs each
     python examples/lfprop_migration.py --smoke     # 1 epoch each: checks that everything runs
@@ -37,7 +37,7 @@ def reference_settings(model: nn.Module) -> LFPOptimizer:
 
 
 def default_settings(model: nn.Module) -> LFPOptimizer:
-    """lfpoptim's defaults: feedback averaged over the batch and normalised per tensor, no clipping."""
+    """lfpoptim's defaults: feedback averaged over the batch, each tensor's update at SGD's length, no clipping."""
     return LFPOptimizer(model, SoftmaxLossReward(), lr=0.1, momentum=0.9)
 
 

@@ -11,7 +11,7 @@ measures that:
 - `SparsityTracker` records them during training, after each ``step``, from ``.grad``
   (which an LFP step sets to \(-F_\theta\), so its zeros are the feedback's zeros);
 - `zero_parameters` lists parameters that are entirely zero: under LFP they never change
-  (`warn_zero_parameters` turns that into a `ZeroParameterWarning`).
+  (`lfpoptim.zero_init` says what the optimizers do about them).
 
 Parameters pruned with `torch.nn.utils.prune` are measured as the model uses them (the
 masked ``weight``, not ``weight_orig``), under the original name (``"0.weight"``).
@@ -19,7 +19,6 @@ masked ``weight``, not ``weight_orig``), under the original name (``"0.weight"``
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -168,8 +167,8 @@ def zero_parameters(model: nn.Module, params: Iterable[torch.Tensor] | None = No
 
     LFP cannot train them: the feedback \(F_\theta = |\theta| \odot J_\theta^\top n\)
     vanishes where \(\theta = 0\), so a parameter that starts at zero stays at zero (a
-    BatchNorm or LayerNorm bias initialised to 0, for example). Initialise such parameters to
-    small non-zero values, or freeze them (``requires_grad_(False)``) if zero is what you want.
+    BatchNorm or LayerNorm bias initialised to 0, for example). The optimizers give them a small
+    magnitude at construction unless told ``zero_parameters="keep"`` (`lfpoptim.zero_init`).
 
     Args:
         model: the network.
@@ -191,40 +190,10 @@ def zero_parameters(model: nn.Module, params: Iterable[torch.Tensor] | None = No
 
 
 class ZeroParameterWarning(UserWarning):
-    """Some trainable parameters are all zero, and LFP cannot train them (see `zero_parameters`)."""
+    """Some trainable parameters are all zero: an optimizer gave them a small magnitude, or they will not train.
 
-
-MAX_NAMES_IN_WARNING = 10
-"""How many parameter names `warn_zero_parameters` spells out before summarising the rest."""
-
-
-def warn_zero_parameters(
-    model: nn.Module, params: Iterable[torch.Tensor] | None = None, *, stacklevel: int = 3
-) -> list[str]:
-    """Warn (`ZeroParameterWarning`) if `zero_parameters` finds any, and return them.
-
-    Args:
-        model: the network.
-        params: only consider these parameters; all of the model's when ``None``.
-        stacklevel: as in `warnings.warn`; the default points at the caller's caller, the
-            line that constructed an optimizer calling this from its ``__init__``.
-
-    Returns:
-        the names `zero_parameters` found.
+    See `lfpoptim.zero_init` and the optimizers' ``zero_parameters=`` argument.
     """
-    zeroed = zero_parameters(model, params)
-    if zeroed:
-        shown = ", ".join(zeroed[:MAX_NAMES_IN_WARNING])
-        if len(zeroed) > MAX_NAMES_IN_WARNING:
-            shown += f" and {len(zeroed) - MAX_NAMES_IN_WARNING} more"
-        warnings.warn(
-            f"{len(zeroed)} trainable parameter(s) are all zero, and LFP never changes a zero "
-            f"(its feedback is scaled by |theta|): {shown}. Initialise them to a small non-zero value, "
-            "e.g. torch.nn.init.constant_(param, 1e-3), or freeze them with param.requires_grad_(False).",
-            ZeroParameterWarning,
-            stacklevel=stacklevel,
-        )
-    return zeroed
 
 
 @dataclass

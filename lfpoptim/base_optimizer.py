@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-BaseOptimizer = type[torch.optim.Optimizer] | functools.partial | Callable[..., torch.optim.Optimizer] | str
-"""An optimizer class, a ``functools.partial`` of one, or a timm optimizer name such as ``"adamw"``."""
+BaseOptimizer = (
+    type[torch.optim.Optimizer] | functools.partial | Callable[..., torch.optim.Optimizer] | str | torch.optim.Optimizer
+)
+"""An optimizer class, a ``functools.partial`` of one, a timm optimizer name (``"adamw"``), or a built optimizer."""
 
 
 def build_base_optimizer(
@@ -26,10 +28,12 @@ def build_base_optimizer(
     """Build the optimizer that applies the update, over ``params`` or all of ``model``'s parameters.
 
     A string goes through ``timm.optim.create_optimizer_v2`` (with the model, so that timm's
-    weight-decay grouping applies).
+    weight-decay grouping applies). An optimizer that is already built is returned as it is: its
+    parameter groups (their own learning rates, weight decay, timm's layer decay), state, hooks
+    and any scheduler already attached to it stay what they are.
 
     Args:
-        base: an optimizer class, a ``functools.partial`` of one, or a timm optimizer name.
+        base: an optimizer class, a ``functools.partial`` of one, a timm optimizer name, or a built optimizer.
         model: the network; its parameters are used when ``params`` is ``None``.
         params: parameters or parameter groups to optimise, as for any ``torch.optim.Optimizer``.
         kwargs: keyword arguments for ``base`` (``lr``, ``momentum``, ...).
@@ -38,8 +42,21 @@ def build_base_optimizer(
         the optimizer ``base`` built.
 
     Raises:
-        TypeError: if ``base`` is not callable or does not build a ``torch.optim.Optimizer``.
+        TypeError: if ``base`` is not callable or does not build a ``torch.optim.Optimizer``, if it is
+            an LFP optimizer already, or if it is built and ``params`` or ``kwargs`` are given too.
     """
+    if isinstance(base, WrappedOptimizer):
+        raise TypeError(
+            f"base is already an LFP optimizer ({type(base).__name__}); pass the optimizer it wraps (its .base)"
+        )
+    if isinstance(base, torch.optim.Optimizer):
+        if params is not None or kwargs:
+            given = ", ".join(["params", *kwargs] if params is not None else list(kwargs))
+            raise TypeError(
+                f"base is an optimizer that is already built ({type(base).__name__}), so its parameter groups and "
+                f"settings are used as they are; got {given} as well: set them on that optimizer instead"
+            )
+        return base
     if isinstance(base, str):
         from timm.optim import create_optimizer_v2
 

@@ -10,12 +10,14 @@ user's own ``loss = F.cross_entropy(model(x), t); loss.backward()`` *is* the LFP
 the base optimizer. The same identity holds for ``binary_cross_entropy_with_logits`` with
 `lfpoptim.rewards.SigmoidLossReward` / `lfpoptim.rewards.BinarySigmoidLossReward`.
 
-The loss's reduction is the batch reduction: ``reduction="mean"`` gives
-``feedback_reduction="mean"`` feedback, ``"sum"`` gives ``"sum"``.
+The loss's reduction is the batch reduction (``reduction="mean"`` averages the feedback over the
+batch, ``"sum"`` sums it); ``feedback_scaling`` then scales each parameter tensor's feedback by
+one positive number, as `lfpoptim.LFPOptimizer`'s ``feedback_reduction`` does.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterable
 from types import MethodType
@@ -24,12 +26,12 @@ from typing import Any, get_args
 import torch
 from torch import nn
 
-from .analysis import warn_zero_parameters
 from .base_optimizer import BaseOptimizer, WrappedOptimizer, build_base_optimizer
 from .engine import ForwardTrace
-from .functional import weight_scale_
+from .functional import FeedbackScaling, weight_scale_
 from .presets import AUTO, Preset, resolve_rules
 from .rules import DropoutMode, RuleMap
+from .zero_init import ZeroParameters, handle_zero_parameters
 
 EXACT_LOSSES = "cross_entropy (SoftmaxLossReward) or binary_cross_entropy_with_logits (SigmoidLossReward)"
 
@@ -37,8 +39,10 @@ EXACT_LOSSES = "cross_entropy (SoftmaxLossReward) or binary_cross_entropy_with_l
 def is_exact_loss_gradient(outputs: torch.Tensor, grad: torch.Tensor) -> bool:
     r"""Whether ``grad`` at ``outputs`` looks like the gradient of one of the exact losses.
 
-    Softmax cross-entropy (with hard, soft or smoothed targets, any reduction) hands each sample a
-    gradient that sums to zero over the classes. Binary cross-entropy with logits hands
+    Softmax cross-entropy (with hard, soft or smoothed targets, any reduction, ignored targets)
+    hands each sample a gradient that sums to zero over the classes: dimension 1 as
+    ``F.cross_entropy`` takes them, or the last one as a language model's (batch, tokens,
+    vocabulary) logits have them. Binary cross-entropy with logits hands
     \((\sigma(y) - t) / s\) with 0/1 targets \(t\) and a scale \(s\) of 1 (sum), the batch
     size or the number of outputs (mean). Soft BCE targets are not recognised.
 
@@ -54,8 +58,9 @@ def is_exact_loss_gradient(outputs: torch.Tensor, grad: torch.Tensor) -> bool:
     scale = grad.abs().amax()
     if not bool(scale > 0):
         return True
-    if outputs.dim() >= 2 and bool((grad.sum(dim=1).abs() <= 1e-5 * scale * outputs.shape[1]).all()):
-        return True
+    for classes in {1, outputs.dim() - 1} if outputs.dim() >= 2 else ():
+        if bool((grad.sum(dim=classes).abs() <= 1e-5 * scale * outputs.shape[classes]).all()):
+            return True
     probabilities = torch.sigmoid(outputs)
     for divisor in {1, outputs.shape[0], outputs.numel()}:
         targets = probabilities - grad * divisor
@@ -68,7 +73,9 @@ def _forward_with_rules(optimizer: DropInLFPOptimizer) -> Callable[..., Any]:
     """The function that, bound to the model, replaces its ``forward`` while ``optimizer`` is attached.
 
     Bound to the model rather than to the optimizer, so that a deep copy of the model (an EMA copy,
-    say) is bound to the copy, and runs the copy's own, untraced forward.
+    say) is bound to the copy, and runs the copy's own, untraced forward. It carries the class's
+    ``forward`` as ``__wrapped__``, so ``inspect.signature(model.forward)`` still names the model's
+    arguments (Hugging Face's ``Trainer`` keeps only the batch columns the signature names).
     """
 
     def forward(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -76,7 +83,15 @@ def _forward_with_rules(optimizer: DropInLFPOptimizer) -> Callable[..., Any]:
             return type(model).forward(model, *args, **kwargs)
         return optimizer._traced_forward(*args, **kwargs)
 
-    return forward
+    return functools.update_wrapper(forward, type(optimizer.model).forward)
+
+
+def _logits(output: Any) -> torch.Tensor | None:
+    """The tensor the loss's gradient arrives at: the output itself, or a ``ModelOutput``'s ``.logits``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    return logits if isinstance(logits, torch.Tensor) else None
 
 
 class DropInLFPOptimizer(WrappedOptimizer):
@@ -93,15 +108,25 @@ class DropInLFPOptimizer(WrappedOptimizer):
     The rules are attached by replacing ``model.forward`` with a wrapper (an instance attribute;
     no hook is registered), which runs the class's forward inside the LFP trace and leaves the
     trace however the forward ends, ``KeyboardInterrupt`` included. `close` (or leaving a
-    ``with`` block) removes the wrapper and leaves the model exactly as it was.
+    ``with`` block) removes the wrapper and leaves the model's forward as it was.
+
+    A model may return its logits or a Hugging Face ``ModelOutput`` with ``.logits``, and may
+    compute its own loss from ``labels=`` inside its forward (as Hugging Face models do for their
+    ``Trainer``): the loss's gradient at the logits is the reward's seed either way.
 
     Args:
         model: the network; its ``forward`` is wrapped while the rules are attached.
-        base: the optimizer that applies the update (class, ``functools.partial`` or timm name).
+        base: the optimizer that applies the update: a class, a ``functools.partial``, a timm
+            name, or an optimizer that is already built (``DropInLFPOptimizer(model,
+            base=optimizer)`` after any factory), used with its own parameter groups, state, hooks
+            and schedulers.
         epsilon: ε of the epsilon rule; the preset's own when ``None``.
-        normalize: divide each parameter tensor's feedback by its mean magnitude, as
-            ``LFPOptimizer``'s default ``feedback_reduction="normalized"`` does, so that SGD's
-            learning rates carry over. The batch reduction is the loss's own.
+        feedback_scaling: the positive number each parameter tensor's feedback is multiplied by
+            (`lfpoptim.functional.FeedbackScaling`): ``"grad_norm"`` (default) gives each
+            tensor's update the 2-norm of the loss's gradient reaching it, as
+            ``LFPOptimizer``'s default does, so that SGD's learning rates carry over;
+            ``"mean_magnitude"`` divides by the tensor's mean \(|\theta|\); ``"none"`` keeps
+            the loss's own scale. The batch reduction is the loss's own.
         strict: raise instead of warning when the gradient reaching the outputs is not that of
             cross-entropy or BCE-with-logits, and when operations on the reward's path have no rule
             (`lfpoptim.rules.UncoveredOperationError`, raised by the first ``backward()``).
@@ -109,13 +134,15 @@ class DropInLFPOptimizer(WrappedOptimizer):
         params: what the base optimizer optimizes; all of the model's parameters when ``None``.
         rules: a rule map of one's own instead of a preset (advanced).
         preset: a name from `lfpoptim.presets.list_presets`, or ``"auto"`` to choose by model.
+        zero_parameters: ``"fill"`` (default) or ``"keep"`` all-zero trainable tensors, see
+            `lfpoptim.zero_init`.
         **base_kwargs: passed to ``base``.
 
     Attributes:
         model (nn.Module): the network the rules are attached to.
         preset (Preset | None): the preset the rules came from (``None`` for a rule map of one's own).
         epsilon (float | None): the ε the rules were built with (``None`` for a rule map of one's own).
-        normalize (bool): whether feedback is divided by each parameter tensor's mean magnitude.
+        feedback_scaling (FeedbackScaling): how each parameter tensor's feedback is scaled.
         strict (bool): whether a gradient of another loss, or an operation without a rule, raises.
         rules (lfpoptim.rules.CoverageCheck): the rule map the traced forwards run under.
         base: the optimizer that applies the update.
@@ -134,25 +161,29 @@ class DropInLFPOptimizer(WrappedOptimizer):
         base: BaseOptimizer = torch.optim.SGD,
         *,
         epsilon: float | None = None,
-        normalize: bool = True,
+        feedback_scaling: FeedbackScaling = "grad_norm",
         strict: bool = False,
         dropout: DropoutMode = "reference",
         params: Iterable[Any] | None = None,
         rules: RuleMap | None = None,
         preset: str | Preset = AUTO,
+        zero_parameters: ZeroParameters = "fill",
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if dropout not in get_args(DropoutMode):
             raise ValueError(f"dropout must be 'reference' or 'conservative', got {dropout!r}")
+        if feedback_scaling not in get_args(FeedbackScaling):
+            raise ValueError(f"feedback_scaling must be one of {get_args(FeedbackScaling)}, got {feedback_scaling!r}")
         resolved = resolve_rules(model, preset, epsilon=epsilon, dropout=dropout, rules=rules, strict=strict)
         super().__init__(build_base_optimizer(base, model, params, base_kwargs))
-        warn_zero_parameters(model, [p for group in self.param_groups for p in group["params"] if p.requires_grad])
+        trainable = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+        handle_zero_parameters(model, trainable, zero_parameters)
         self.model = model
         self.preset = resolved.preset
         self.epsilon = resolved.epsilon
-        self.normalize = normalize
+        self.feedback_scaling: FeedbackScaling = feedback_scaling
         self.strict = strict
         self.rules = resolved.rules
         self._warned = False
@@ -218,9 +249,10 @@ class DropInLFPOptimizer(WrappedOptimizer):
         try:
             with trace:
                 output = inner(*args, **kwargs)
-            if isinstance(output, torch.Tensor) and output.requires_grad:
-                trace.finalize(output, seeded=False)
-                output.register_hook(self._check_loss_gradient(output.detach()))
+            logits = _logits(output)
+            if logits is not None and logits.requires_grad:
+                trace.finalize(logits, seeded=False)
+                logits.register_hook(self._check_loss_gradient(logits.detach()))
         finally:
             trace.clear()
         return output
@@ -260,12 +292,12 @@ class DropInLFPOptimizer(WrappedOptimizer):
             with torch.enable_grad():
                 loss = closure()
         with_grad = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-        weight_scale_([p.grad for p in with_grad], with_grad, sign=1.0, normalize=self.normalize)
+        weight_scale_([p.grad for p in with_grad], with_grad, sign=1.0, scaling=self.feedback_scaling)
         self.base.step()
         return loss
 
     def __repr__(self) -> str:
         return (
             f"DropInLFPOptimizer(base={type(self.base).__name__}, epsilon={self.epsilon}, "
-            f"normalize={self.normalize}, attached={self.attached})\n{self.base!r}"
+            f"feedback_scaling={self.feedback_scaling!r}, attached={self.attached})\n{self.base!r}"
         )

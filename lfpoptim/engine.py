@@ -29,10 +29,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .rules import FusionCell, RuleMap, is_inplace_call, stabilise, stabiliser_ratio
+from .rules import CoverageCheck, FusionCell, RuleMap, is_inplace_call, stabilise, stabiliser_ratio
 from .rules.base import OutputGradientHook, scalar
 
-FeedbackReduction = Literal["normalized", "mean", "sum"]
+FeedbackReduction = Literal["grad_norm", "normalized", "mean", "sum"]
 RewardFunction = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
@@ -255,6 +255,8 @@ class ForwardTrace(TorchFunctionMode):
         Returns:
             the tensor the backward pass starts at, and its ε (``None`` when it is no epsilon-rule output).
         """
+        if isinstance(self.rules, CoverageCheck):  # operations the output does not depend on are off the path
+            self.rules.forget_after(output)
         start = output
         if seeded and self._last_activation is not None and self._last_activation[0] is output:
             start = self._last_activation[1]
@@ -331,7 +333,7 @@ def check_outputs(outputs: Any, batch_dim: int | None) -> None:
     if batch_dim is not None and outputs.dim() <= batch_dim:
         raise ValueError(
             f"the model's outputs have shape {tuple(outputs.shape)}, without the batch dimension {batch_dim} that "
-            'feedback_reduction "mean" and "normalized" average over; return outputs per sample (or use "sum")'
+            'every feedback_reduction but "sum" averages over; return outputs per sample (or use "sum")'
         )
     if outputs.numel() == 0:
         raise ValueError(
@@ -421,12 +423,12 @@ def lfp_pass(
         reward_fn: ``reward_fn(outputs, targets)`` returns the reward, shaped like the outputs.
         params: the parameters to compute feedback for.
         rules: which rule each torch function gets.
-        reduction: ``"sum"`` sums feedback over the batch (as the reference does); ``"mean"``
-            and ``"normalized"`` divide it by the batch size (the per-tensor normalisation of
-            ``"normalized"`` is applied later, by `lfpoptim.functional.weight_scale_`).
+        reduction: ``"sum"`` sums feedback over the batch (as the reference does); the others
+            divide it by the batch size (their per-tensor scaling is applied later, by
+            `lfpoptim.functional.weight_scale_`).
         with_input_reward: also return the reward that reaches ``inputs`` (a tensor).
-        batch_dim: the batch dimension of the outputs, which ``"mean"`` and ``"normalized"``
-            average over (1 for time-major outputs such as a spiking network's (T, B, C)).
+        batch_dim: the batch dimension of the outputs, which every reduction but ``"sum"``
+            averages over (1 for time-major outputs such as a spiking network's (T, B, C)).
     """
     if not torch.is_grad_enabled():  # the pass's own backward, also when called under torch.no_grad()
         with torch.enable_grad():

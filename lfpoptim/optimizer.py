@@ -16,19 +16,27 @@ from typing import TYPE_CHECKING, Any, Literal, get_args, overload
 import torch
 from torch import nn
 
-from .analysis import warn_zero_parameters
 from .base_optimizer import BaseOptimizer, WrappedOptimizer, build_base_optimizer
 from .distributed import FeedbackSum, broadcast_buffers_, default_process_group, unwrap_model
 from .engine import FeedbackReduction, LFPPass, RewardFunction, lfp_pass
-from .functional import weight_scale_
+from .functional import FeedbackScaling, weight_scale_
 from .presets import AUTO, Preset, resolve_rules
 from .rules import DropoutMode, RuleMap
 from .snn.neurons import LIF
+from .zero_init import ZeroParameters, handle_zero_parameters
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
 HALF_PRECISION = (torch.float16, torch.bfloat16)
+
+SCALING: dict[str, FeedbackScaling] = {
+    "grad_norm": "grad_norm",
+    "normalized": "mean_magnitude",
+    "mean": "none",
+    "sum": "none",
+}
+"""The per-tensor scaling (`lfpoptim.functional.FeedbackScaling`) of each ``feedback_reduction``."""
 
 
 def _reward_in_float32(reward_fn: RewardFunction) -> RewardFunction:
@@ -79,20 +87,24 @@ class LFPOptimizer(WrappedOptimizer):
         reward_fn: ``reward_fn(outputs, targets)`` returns a reward shaped like ``outputs``; see
             `lfpoptim.rewards`.
         base: the optimizer that applies the update: a ``torch.optim.Optimizer`` class, a
-            ``functools.partial`` of one, or a timm optimizer name (``"adamw"``, ``"lamb"``, ...)
-            built by ``timm.optim.create_optimizer_v2``.
+            ``functools.partial`` of one, a timm optimizer name (``"adamw"``, ``"lamb"``, ...)
+            built by ``timm.optim.create_optimizer_v2``, or an optimizer that is already built
+            (by timm's factory, a Lightning module, ...), used with its own parameter groups,
+            state, hooks and schedulers.
         epsilon: ε of the epsilon rule; the preset's own when ``None`` (1e-6 for ``default``, 1 for
             ``vit`` as in the reference).
-        feedback_reduction: how feedback is scaled before the step.
-            ``"normalized"`` (default) averages it over the batch and divides each parameter
-            tensor's feedback by that tensor's mean magnitude \(\overline{|\theta|}\): the
-            update then has the scale of an SGD step whatever the batch size and the weights'
-            scale, so SGD's learning rates carry over, while \(|\theta|\) still decides how
-            the update is shared within the tensor. ``"mean"`` only averages over the batch (the
-            weight scaling then shrinks steps by the typical weight magnitude, ~0.05 in an MLP,
-            so learning rates must be ~20x SGD's). ``"sum"`` sums over the batch as the
-            reference implementation does (learning rate divided by the batch size, or
-            clipping, needed).
+        feedback_reduction: how feedback is averaged and scaled before the step.
+            ``"grad_norm"`` (default) averages it over the batch and rescales each parameter
+            tensor's feedback \(|\theta| \odot J_\theta^\top n\) to the 2-norm of
+            \(J_\theta^\top n\) (for a ReLU network and `lfpoptim.rewards.SoftmaxLossReward`,
+            the norm of the cross-entropy's gradient): each tensor's step is as long as SGD's, so
+            SGD's learning rates carry over, and points where LFP says. ``"normalized"``
+            divides each tensor's batch-mean feedback by its mean magnitude
+            \(\overline{|\theta|}\) instead (steps of SGD's size on average, longer for the
+            largest weights). ``"mean"`` only averages over the batch (the weight scaling then
+            shrinks steps by the typical weight magnitude, ~0.05 in an MLP, so learning rates must
+            be ~20x SGD's). ``"sum"`` sums over the batch as the reference implementation does
+            (learning rate divided by the batch size, or clipping, needed).
         clip_norm: if given, clip the 2-norm of all feedback to this value before the step.
         dropout: ``"reference"`` or ``"conservative"`` treatment of train-mode dropout, see
             `lfpoptim.rules.DropoutRule`.
@@ -105,6 +117,10 @@ class LFPOptimizer(WrappedOptimizer):
         strict: raise `lfpoptim.rules.UncoveredOperationError` at the first step if operations on
             the reward's path have no rule (listing them); otherwise warn once
             (`lfpoptim.rules.UncoveredOperationWarning`). `lfpoptim.explain` shows the whole table.
+        zero_parameters: ``"fill"`` (default) gives every all-zero trainable tensor (zero-initialised
+            biases, timm's ``zero_init_last`` gains) a small magnitude at construction, since LFP
+            cannot move a zero; ``"keep"`` leaves them at zero, as the reference implementation
+            does. See `lfpoptim.zero_init`.
         **base_kwargs: passed to ``base`` (``lr``, ``momentum``, ``weight_decay``, ...).
 
     Attributes:
@@ -130,13 +146,14 @@ class LFPOptimizer(WrappedOptimizer):
         base: BaseOptimizer = torch.optim.SGD,
         *,
         epsilon: float | None = None,
-        feedback_reduction: FeedbackReduction = "normalized",
+        feedback_reduction: FeedbackReduction = "grad_norm",
         clip_norm: float | None = None,
         dropout: DropoutMode = "reference",
         params: Iterable[Any] | None = None,
         rules: RuleMap | None = None,
         preset: str | Preset = AUTO,
         strict: bool = False,
+        zero_parameters: ZeroParameters = "fill",
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -155,7 +172,7 @@ class LFPOptimizer(WrappedOptimizer):
             raise ValueError(f"dropout must be 'reference' or 'conservative', got {dropout!r}")
         resolved = resolve_rules(model, preset, epsilon=epsilon, dropout=dropout, rules=rules, strict=strict)
         super().__init__(build_base_optimizer(base, model, params, base_kwargs))
-        warn_zero_parameters(model, self._trainable())
+        handle_zero_parameters(model, self._trainable(), zero_parameters)
         self.model = model
         self.reward_fn = reward_fn
         self._module = unwrap_model(model).module  # what the pass runs: the model inside DDP and compile wrappers
@@ -235,7 +252,7 @@ class LFPOptimizer(WrappedOptimizer):
             grads = accumulated.feedback_factors(mean=self.feedback_reduction != "sum")
         previous_grads = [param.grad for param in params]
         try:
-            if not weight_scale_(grads, params, sign=-1.0, normalize=self.feedback_reduction == "normalized"):
+            if not weight_scale_(grads, params, sign=-1.0, scaling=SCALING[self.feedback_reduction]):
                 raise self._non_finite_feedback(params, grads)
             for param, grad in zip(params, grads, strict=True):
                 param.grad = grad
@@ -267,7 +284,7 @@ class LFPOptimizer(WrappedOptimizer):
         ``accumulate(x1, y1); accumulate(x2, y2); step()`` makes the update of
         ``step(cat([x1, x2]), cat([y1, y2]))``, for every ``feedback_reduction``: the raw factors
         \(J_\theta^\top n\) are summed over samples, and only at the step divided by the total
-        number of samples (for ``"mean"`` and ``"normalized"``) and multiplied by \(|\theta|\).
+        number of samples (for every reduction but ``"sum"``) and multiplied by \(|\theta|\).
         Parameters, ``.grad`` and the optimizer state stay untouched until then, and nothing is
         communicated between processes: the step's one all-reduce covers every micro-batch.
         `zero_grad` discards the sum. Memory: one feedback-sized sum, as ``.grad`` in a gradient
@@ -355,7 +372,7 @@ class LFPOptimizer(WrappedOptimizer):
         params = [p for _, p in named]
         result = self._lfp_pass(inputs, targets, params, self.feedback_reduction)
         result.restore_buffers()
-        weight_scale_(result.grads, params, sign=1.0, normalize=self.feedback_reduction == "normalized")
+        weight_scale_(result.grads, params, sign=1.0, scaling=SCALING[self.feedback_reduction])
         return {name: grad for (name, _), grad in zip(named, result.grads, strict=True)}
 
     def __repr__(self) -> str:

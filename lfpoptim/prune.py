@@ -244,6 +244,7 @@ def feedback_scores(
             epsilon=epsilon,
             feedback_reduction="mean",
             rules=rules,
+            zero_parameters="keep",  # scoring must not change the model
             lr=0.0,
         )
     totals: dict[str, torch.Tensor] = {}

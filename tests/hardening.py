@@ -22,6 +22,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from lfpoptim import DropInLFPOptimizer, Heaviside, LFPOptimizer, SoftmaxLossReward
+from lfpoptim.zero_init import fill_zero_parameters_
 
 CLASSES = 5
 
@@ -103,14 +104,8 @@ def make_heaviside() -> nn.Module:
 
 
 def without_zero_parameters(model: nn.Module) -> nn.Module:
-    """Set all-zero parameters (BatchNorm biases, timm's zero-initialised last BatchNorm) to 1e-3.
-
-    LFP never moves a zero (its feedback is scaled by |theta|), and the optimizers warn about them.
-    """
-    with torch.no_grad():
-        for param in model.parameters():
-            if not param.any():
-                param.fill_(1e-3)
+    """Fill all-zero parameters as the optimizers do by default, so that building one changes nothing."""
+    fill_zero_parameters_(model)
     return model
 
 

@@ -14,7 +14,6 @@ from lfpoptim.analysis import (
     gini,
     sparsity,
     update_sparsity,
-    warn_zero_parameters,
     weight_gini,
     weight_sparsity,
     zero_parameters,
@@ -127,35 +126,13 @@ def test_zero_parameters_lists_all_zero_trainable_tensors() -> None:
     assert zero_parameters(model) == ["1.bias"]
 
 
-def build_optimizer_like(model: nn.Module) -> None:
-    """Stands in for an optimizer's __init__: the warning must point at its caller's line."""
-    warn_zero_parameters(model)
-
-
-def test_warn_zero_parameters_names_them_and_points_at_the_constructing_line() -> None:
-    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(12)])
-    for layer in model:
-        nn.init.zeros_(layer.bias)
-    with pytest.warns(ZeroParameterWarning) as caught:
-        build_optimizer_like(model)
-    message = str(caught[0].message)
-    assert message.startswith("12 trainable parameter(s) are all zero")
-    assert "0.bias, 1.bias, 2.bias, 3.bias, 4.bias, 5.bias, 6.bias, 7.bias, 8.bias, 9.bias and 2 more." in message
-    assert "constant_(param, 1e-3)" in message
-    assert caught[0].filename == __file__
-
-
-def test_warn_zero_parameters_is_silent_without_zero_parameters(recwarn: pytest.WarningsRecorder) -> None:
-    assert warn_zero_parameters(nn.Linear(3, 2)) == []
-    assert not [warning for warning in recwarn if warning.category is ZeroParameterWarning]
-
-
 def test_zero_parameters_stay_zero_under_lfp_but_not_under_sgd() -> None:
     # Why zero_parameters exists: F = |theta| * (J^T n) vanishes at theta = 0.
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
     inputs, targets = torch.randn(32, 3), torch.randint(0, 2, (32,))
-    optimizer = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1, momentum=0.9)
+    with pytest.warns(ZeroParameterWarning, match="will not change under LFP"):
+        optimizer = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1, momentum=0.9, zero_parameters="keep")
     for _ in range(5):
         optimizer.step(inputs, targets)
     assert zero_parameters(model) == ["1.bias"]

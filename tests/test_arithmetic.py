@@ -33,30 +33,49 @@ def test_stabilise_and_its_ratio_keep_the_dtype_and_match_the_formula(dtype: tor
     assert stabilised[-3] > 0  # -0.0 is moved to +eps, as 0.0 is
 
 
-@pytest.mark.parametrize("normalize", [False, True])
+def expected_scaling(param: torch.Tensor, grad: torch.Tensor, scaling: str) -> float:
+    """c of the formula, written out plainly: 1, 1 / mean|theta|, or ||g|| / || |theta| * g ||."""
+    if scaling == "mean_magnitude":
+        return float(param.numel() / param.abs().sum())
+    if scaling == "grad_norm":
+        return float(grad.norm() / (param.abs() * grad).norm())
+    return 1.0
+
+
+@pytest.mark.parametrize("scaling", ["none", "mean_magnitude", "grad_norm"])
 @pytest.mark.parametrize("sign", [-1.0, 1.0])
-def test_weight_scale_matches_the_formula_on_small_and_chunked_tensors(normalize: bool, sign: float) -> None:
+def test_weight_scale_matches_the_formula_on_small_and_chunked_tensors(scaling: str, sign: float) -> None:
     torch.manual_seed(0)
     shapes = [(7,), (64, 33), (CHUNK + 5,), (3, CHUNK // 2)]  # the last two go through the chunked path
     params = [torch.randn(shape, dtype=torch.float64) for shape in shapes]
     grads = [torch.randn(shape, dtype=torch.float64) for shape in shapes]
-    expected = []
-    for param, grad in zip(params, grads, strict=True):
-        scale = param.numel() / param.abs().sum() if normalize else 1.0
-        expected.append(sign * scale * param.abs() * grad)
-    assert weight_scale_(grads, params, sign=sign, normalize=normalize)
+    expected = [
+        sign * expected_scaling(param, grad, scaling) * param.abs() * grad
+        for param, grad in zip(params, grads, strict=True)
+    ]
+    assert weight_scale_(grads, params, sign=sign, scaling=scaling)
     for result, wanted in zip(grads, expected, strict=True):
         torch.testing.assert_close(result, wanted, rtol=1e-12, atol=0.0)
 
 
-def test_weight_scale_reports_non_finite_feedback_in_any_tensor() -> None:
+def test_grad_norm_scaling_leaves_tensors_without_feedback_at_zero() -> None:
+    params = [torch.zeros(3), torch.ones(3), torch.ones(3)]
+    grads = [torch.ones(3), torch.zeros(3), torch.tensor([3.0, 0.0, 4.0])]
+    assert weight_scale_(grads, params, sign=-1.0, scaling="grad_norm")
+    assert torch.equal(grads[0], torch.zeros(3))  # |theta| = 0: no update, not 0/0
+    assert torch.equal(grads[1], torch.zeros(3))
+    assert torch.equal(grads[2], torch.tensor([-3.0, 0.0, -4.0]))
+
+
+@pytest.mark.parametrize("scaling", ["none", "mean_magnitude", "grad_norm"])
+def test_weight_scale_reports_non_finite_feedback_in_any_tensor(scaling: str) -> None:
     params = [torch.ones(4), torch.ones(CHUNK + 1)]
     for bad in (float("nan"), float("inf"), -float("inf")):
         for index in range(2):
             grads = [torch.ones(4), torch.ones(CHUNK + 1)]
             grads[index][1] = bad
-            assert not weight_scale_(grads, params, normalize=True)
-    assert weight_scale_([torch.ones(4), torch.ones(CHUNK + 1)], params, normalize=True)
+            assert not weight_scale_(grads, params, scaling=scaling)
+    assert weight_scale_([torch.ones(4), torch.ones(CHUNK + 1)], params, scaling=scaling)
 
 
 def test_stabiliser_arithmetic_runs_on_tensors_of_another_device() -> None:

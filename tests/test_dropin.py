@@ -33,7 +33,7 @@ def dropin_feedback(model: nn.Module, loss: torch.Tensor, opt: DropInLFPOptimize
 def test_cross_entropy_backward_is_the_explicit_lfp_pass(reduction):
     model, x, t = make_cnn(), torch.randn(8, 1, 8, 8), torch.randint(0, 5, (8,))
     explicit = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1, feedback_reduction=reduction).feedback(x, t)
-    with DropInLFPOptimizer(model, lr=0.1, normalize=False) as opt:
+    with DropInLFPOptimizer(model, lr=0.1, feedback_scaling="none") as opt:
         ours = dropin_feedback(model, F.cross_entropy(model(x), t, reduction=reduction), opt)
     for name, expected in explicit.items():
         assert relative_error(ours[name], expected) <= 1e-6, name
@@ -42,7 +42,7 @@ def test_cross_entropy_backward_is_the_explicit_lfp_pass(reduction):
 def test_bce_with_logits_backward_is_the_explicit_sigmoid_pass():
     model, x, t = make_cnn(), torch.randn(8, 1, 8, 8), torch.randint(0, 5, (8,))
     explicit = LFPOptimizer(model, SigmoidLossReward(), lr=0.1, feedback_reduction="sum").feedback(x, t)
-    with DropInLFPOptimizer(model, lr=0.1, normalize=False) as opt:
+    with DropInLFPOptimizer(model, lr=0.1, feedback_scaling="none") as opt:
         loss = F.binary_cross_entropy_with_logits(model(x), F.one_hot(t, 5).float(), reduction="sum")
         ours = dropin_feedback(model, loss, opt)
     for name, expected in explicit.items():
@@ -52,7 +52,7 @@ def test_bce_with_logits_backward_is_the_explicit_sigmoid_pass():
 def test_single_logit_bce_is_the_binary_sigmoid_pass():
     model, x, t = make_cnn(classes=1), torch.randn(8, 1, 8, 8), torch.randint(0, 2, (8,))
     explicit = LFPOptimizer(model, BinarySigmoidLossReward(), lr=0.1, feedback_reduction="mean").feedback(x, t)
-    with DropInLFPOptimizer(model, lr=0.1, normalize=False) as opt:
+    with DropInLFPOptimizer(model, lr=0.1, feedback_scaling="none") as opt:
         loss = F.binary_cross_entropy_with_logits(model(x).squeeze(1), t.float())
         ours = dropin_feedback(model, loss, opt)
     for name, expected in explicit.items():
@@ -126,7 +126,7 @@ def test_evaluation_under_no_grad_is_untouched():
     model = make_cnn()
     x = torch.randn(4, 1, 8, 8)
     expected = model(x)
-    with DropInLFPOptimizer(model, lr=0.1), torch.no_grad():
+    with DropInLFPOptimizer(model, lr=0.1, zero_parameters="keep"), torch.no_grad():
         assert torch.equal(model(x), expected)
         assert torch._C._len_torch_function_stack() == 0
 
@@ -136,7 +136,7 @@ def test_close_restores_the_model_exactly():
     x, t = torch.randn(4, 1, 8, 8), torch.randint(0, 5, (4,))
     F.cross_entropy(model(x), t).backward()
     plain = [p.grad.clone() for p in model.parameters()]
-    opt = DropInLFPOptimizer(model, lr=0.1)
+    opt = DropInLFPOptimizer(model, lr=0.1, zero_parameters="keep")
     assert opt.attached
     assert "forward" in vars(model)  # the wrapper, an instance attribute: no hook
     assert not model._forward_hooks
@@ -162,7 +162,7 @@ def test_a_deep_copy_of_an_attached_model_is_a_plain_model():
     """An EMA copy, say: bound to the copy, the wrapper runs the copy's own forward, untraced."""
     model, x, t = make_cnn(), torch.randn(4, 1, 8, 8), torch.randint(0, 5, (4,))
     expected = plain_gradients(copy.deepcopy(model), x, t)
-    with DropInLFPOptimizer(model, lr=0.1):
+    with DropInLFPOptimizer(model, lr=0.1, zero_parameters="keep"):
         twin = copy.deepcopy(model)
         lfp = plain_gradients(model, x, t)
         assert all(torch.equal(a, b) for a, b in zip(plain_gradients(twin, x, t), expected, strict=True))
@@ -179,7 +179,7 @@ def test_a_forward_set_on_the_instance_is_wrapped_and_put_back():
 
     model.forward = own_forward
     explicit = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1, feedback_reduction="mean").feedback(x, t)
-    with DropInLFPOptimizer(model, lr=0.1, normalize=False) as opt:
+    with DropInLFPOptimizer(model, lr=0.1, feedback_scaling="none") as opt:
         ours = dropin_feedback(model, F.cross_entropy(model(x), t), opt)
     assert vars(model)["forward"] is own_forward
     assert calls == [4, 4]

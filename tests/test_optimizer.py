@@ -172,7 +172,7 @@ def test_mean_reduction_does_not_depend_on_batch_size_and_sum_does():
     model = make_mlp()
     x, y = batch(16)
     doubled = (torch.cat([x, x]), torch.cat([y, y]))
-    for reduction, factor in [("mean", 1.0), ("normalized", 1.0), ("sum", 2.0)]:
+    for reduction, factor in [("mean", 1.0), ("normalized", 1.0), ("grad_norm", 1.0), ("sum", 2.0)]:
         opt = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1, feedback_reduction=reduction)
         single, double = opt.feedback(x, y), opt.feedback(*doubled)
         for name in single:
@@ -183,9 +183,26 @@ def test_normalized_feedback_is_mean_feedback_over_mean_weight_magnitude():
     model = make_mlp()
     x, y = batch()
     mean = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1, feedback_reduction="mean").feedback(x, y)
-    normalized = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1).feedback(x, y)
+    normalized = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1, feedback_reduction="normalized").feedback(x, y)
     for name, param in model.named_parameters():
         torch.testing.assert_close(normalized[name], mean[name] / param.detach().abs().mean())
+
+
+def test_default_feedback_has_the_norm_of_the_unweighted_factor_in_every_tensor():
+    # grad_norm: F * ||J^T n|| / || |theta| * J^T n ||, with J^T n = F_mean / |theta|; for this ReLU
+    # net and the softmax reward J^T n is minus the mean cross-entropy's gradient
+    model = make_mlp()
+    x, y = batch()
+    mean = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1, feedback_reduction="mean").feedback(x, y)
+    scaled = LFPOptimizer(model, SoftmaxLossReward(), lr=0.1).feedback(x, y)
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    for name, param in model.named_parameters():
+        factor_norm = torch.linalg.vector_norm(mean[name] / param.detach().abs())
+        torch.testing.assert_close(scaled[name], mean[name] * factor_norm / torch.linalg.vector_norm(mean[name]))
+        # the same length as SGD's step (up to the stabiliser's O(eps) difference)
+        gradient_norm = torch.linalg.vector_norm(param.grad)
+        torch.testing.assert_close(torch.linalg.vector_norm(scaled[name]), gradient_norm, rtol=1e-3, atol=0.0)
 
 
 def test_clip_norm_bounds_the_update():

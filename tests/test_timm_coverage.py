@@ -39,13 +39,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lfpoptim import LFPOptimizer, SoftmaxLossReward, UncoveredOperationError
-from lfpoptim.analysis import zero_parameters
+from lfpoptim.zero_init import fill_zero_parameters_
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 BATCH = 8
 CLASSES = 10
 MAX_STEPS = 30
-ZERO_REPLACEMENT = 1e-3
 GRADIENT_TOLERANCE = 1e-4
 FULL_RUN = os.environ.get("LFPOPTIM_TIMM_FULL") == "1"
 EXTENDED = os.environ.get("LFPOPTIM_TIMM_EXTENDED") == "1"
@@ -68,11 +67,7 @@ class Family:
     def build(self, dtype: torch.dtype = torch.float32) -> nn.Module:
         torch.manual_seed(0)
         model = timm.create_model(self.architecture, pretrained=False, num_classes=CLASSES, **self.kwargs)
-        zeroed = set(zero_parameters(model))
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name in zeroed:
-                    param.fill_(ZERO_REPLACEMENT)
+        fill_zero_parameters_(model)  # what the optimizers do by default, done before the reference computations
         return model.to(dtype)
 
     def batch(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:

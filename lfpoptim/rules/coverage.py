@@ -208,6 +208,7 @@ class CoverageCheck(dict):
         self.describe = describe or "these rules"
         self.uncovered: dict[str, int] = {}
         self.reported = False
+        self._noted: list[tuple[str, Any, Any]] = []  # (name, autograd node, its hook's handle)
         self._probe = _Probe(self)
         self._verdicts: dict[Any, Rule | None] = {}
 
@@ -246,7 +247,38 @@ class CoverageCheck(dict):
         self.uncovered[name] = self.uncovered.get(name, 0) + 1
         for tensor in _tensors((output,)):
             if tensor.grad_fn is not None:
-                tensor.grad_fn.register_prehook(_Report(self))
+                self._noted.append((name, tensor.grad_fn, tensor.grad_fn.register_prehook(_Report(self))))
+
+    def forget_after(self, output: torch.Tensor) -> None:
+        """Forget the uncovered operations of this forward that ``output`` does not depend on.
+
+        Called by the engine once a forward is over, with the tensor the reward starts from. A
+        model that computes its own loss inside its forward (Hugging Face models given
+        ``labels=``) runs the loss's operations under the rules too; in drop-in mode the loss's
+        gradient at ``output`` (the logits) is the reward's seed, so what happens above the logits
+        is not on the reward's path, nor is anything else the output does not depend on. Walks
+        the autograd graph below ``output`` once, and only when an uncovered operation was noted.
+
+        Args:
+            output: the tensor the reward starts from.
+        """
+        if not self._noted:
+            return
+        below: set[Any] = set()
+        stack = [output.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in below:
+                continue
+            below.add(node)
+            stack.extend(child for child, _ in node.next_functions)
+        for name, node, handle in self._noted:
+            if node not in below:
+                handle.remove()
+                self.uncovered[name] -= 1
+                if not self.uncovered[name]:
+                    del self.uncovered[name]
+        self._noted = []
 
     def message(self) -> str:
         """What the error (strict) or the warning says: the uncovered operations, and what happens next."""
@@ -276,6 +308,7 @@ class CoverageCheck(dict):
             return
         message = self.message()
         self.uncovered = {}
+        self._noted = []
         if self.strict:
             raise UncoveredOperationError(message)
         self.reported = True

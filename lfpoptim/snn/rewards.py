@@ -55,8 +55,7 @@ class RateCodedSpikeReward:
 
     Attributes:
         time_average: divide the reward by \(T\), as the reference's training loop does. Only the
-            scale of the update depends on it, and with ``feedback_reduction="normalized"`` (the
-            default of `lfpoptim.LFPOptimizer`) not even that.
+            scale of the update depends on it, as a loss's scale sets the size of an SGD step.
     """
 
     time_average: bool = True

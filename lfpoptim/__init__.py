@@ -22,7 +22,7 @@ from .rewards import (
 from .rewards_regression import AbsoluteErrorReward, HuberReward, SquaredErrorReward
 from .rules import UncoveredOperationError, UncoveredOperationWarning
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AbsoluteErrorReward",

@@ -27,6 +27,8 @@ from .dropout import DropoutMode, DropoutRule
 from .elementwise import NormalizeRule, PowerRule
 from .epsilon import EpsilonRule, stabilise, stabiliser_ratio
 from .gating import GateActivationRule
+from .modules import ModuleClass
+from .normalization import ConstantScaleRule, LayerNormRule
 from .products import AddcmulRule, DivisionRule, EinsumRule, ProductRule, is_parameter_like, product_kind
 
 RuleMap = dict[TorchFunction, Rule]
@@ -238,6 +240,7 @@ __all__ = [
     "SOFTMAX_FUNCTIONS",
     "SUM_FUNCTIONS",
     "AddcmulRule",
+    "ConstantScaleRule",
     "CoverageCheck",
     "DivisionRule",
     "DropoutRule",
@@ -246,6 +249,8 @@ __all__ = [
     "FusionCell",
     "GateActivationRule",
     "IdentityActivationRule",
+    "LayerNormRule",
+    "ModuleClass",
     "NormalizeRule",
     "PowerRule",
     "ProductRule",

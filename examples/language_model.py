@@ -27,10 +27,10 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import torch
 import torch.nn.functional as F
-from pydoc_data.topics import topics
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -79,7 +79,7 @@ def batches(
     return result
 
 
-def build(family: str, vocabulary: int, width: int, layers: int, length: int, seed: int) -> nn.Module:
+def build(family: str, *, vocabulary: int, width: int, layers: int, length: int, seed: int) -> nn.Module:
     """A GPT-2-style or Llama-style causal LM from its config, with all-zero parameters set to 1e-3."""
     torch.manual_seed(seed)
     if family == "gpt2":
@@ -125,6 +125,7 @@ def train(
     method: str,
     train_data: list[tuple[torch.Tensor, torch.Tensor]],
     validation_data: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
     lr: float,
     every: int,
 ) -> Run:
@@ -182,13 +183,12 @@ def main() -> None:
     results: dict[str, dict[str, Run]] = {}
     for family in families:
         results[family] = {}
-        start = build(family, len(corpus.alphabet), args.width, args.layers, args.length, args.seed).state_dict()
+        sizes = {"width": args.width, "layers": args.layers, "length": args.length, "seed": args.seed}
         for method in ("adamw", "lfp"):
-            model = build(family, len(corpus.alphabet), args.width, args.layers, args.length, args.seed)
-            model.load_state_dict(start)
+            model = build(family, vocabulary=len(corpus.alphabet), **sizes)  # the same start for both
             params = sum(p.numel() for p in model.parameters())
             print(f"{family} ({params / 1e3:.0f}k parameters), {method}")
-            results[family][method] = train(model, method, train_data, validation_data, args.lr, args.every)
+            results[family][method] = train(model, method, train_data, validation_data, lr=args.lr, every=args.every)
 
     print(f"\nvalidation cross-entropy after {args.steps} steps (batch {args.batch} x {args.length} characters)")
     for family, runs in results.items():

@@ -1,4 +1,13 @@
-r"""The ``llm`` preset against independent computations: per layer, and lxt's AttnLRP on whole models.
+r"""The ``llm`` and ``llm_attnlrp`` presets against independent computations: per layer, and lxt on whole models.
+
+``llm`` (for training):
+
+- LayerNorm and RMSNorm are layers: \(R_x = x \odot J^\top (R_y / \operatorname{stab}(y))\) with
+  the norm's whole Jacobian \(J\), computed by ``torch.autograd.functional.jacobian`` on the plain module.
+- Attention (GPT-2's and Llama's, eager and SDPA): each factor gets the gradient, so a whole
+  attention block's input reward is \(x \odot J^\top (R / \operatorname{stab}(y))\) with its Jacobian.
+
+``llm_attnlrp`` (AttnLRP):
 
 - LayerNorm: the relevance of an explicit matrix \(W = \operatorname{diag}(w)(I - \tfrac1N
   \mathbf 1 \mathbf 1^\top) / \sigma\) per sample (AttnLRP's identity rule holds \(\sigma\)
@@ -40,15 +49,85 @@ identity rule's ratio; without its rules, plain gradients differ by 30% to 80%."
 VOCABULARY, LENGTH = 40, 7
 
 
-def rules(epsilon: float = TINY_EPSILON) -> CoverageCheck:
-    return CoverageCheck(get_preset("llm").rules(epsilon), strict=True)
+def rules(epsilon: float = TINY_EPSILON, preset: str = "llm_attnlrp") -> CoverageCheck:
+    return CoverageCheck(get_preset(preset).rules(epsilon), strict=True)
 
 
-def reward_pass(model: nn.Module, inputs: torch.Tensor, epsilon: float = TINY_EPSILON, **kwargs: Any):
+def random_reward(outputs: torch.Tensor, targets: object) -> torch.Tensor:
+    return torch.randn(outputs.shape, generator=torch.Generator().manual_seed(1), dtype=outputs.dtype)
+
+
+def reward_pass(
+    model: nn.Module, inputs: torch.Tensor, epsilon: float = TINY_EPSILON, preset: str = "llm_attnlrp", **kwargs: Any
+):
     params = list(model.parameters())
     targets = torch.zeros(inputs.shape[0], dtype=torch.long)
-    reward = kwargs.pop("reward", lambda y, t: torch.randn_like(y, generator=torch.Generator().manual_seed(1)))
-    return lfp_pass(model, inputs, targets, reward, params, rules=rules(epsilon), reduction="sum", **kwargs)
+    return lfp_pass(
+        model, inputs, targets, random_reward, params, rules=rules(epsilon, preset), reduction="sum", **kwargs
+    )
+
+
+def epsilon_layer_reward(module: nn.Module, x: torch.Tensor, reward: torch.Tensor, epsilon: float) -> torch.Tensor:
+    r"""\(x \odot J^\top (R / \operatorname{stab}(y))\) with the module's Jacobian, sample by sample."""
+    module = module.eval()
+    y = module(x).detach()
+    n = reward / stabilise(y, epsilon)
+    relevance = []
+    for b in range(len(x)):
+        jacobian = torch.autograd.functional.jacobian(lambda a: module(a[None])[0], x[b])
+        jacobian = jacobian.reshape(y[b].numel(), x[b].numel())
+        relevance.append(x[b] * (jacobian.T @ n[b].reshape(-1)).reshape(x[b].shape))
+    return torch.stack(relevance)
+
+
+# -- llm: per layer -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_norms_are_epsilon_layers_with_their_whole_jacobian(norm: str) -> None:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(0)
+    module = (nn.LayerNorm(6) if norm == "layer" else LlamaRMSNorm(6)).double()
+    with torch.no_grad():
+        for param in module.parameters():
+            param.uniform_(0.5, 1.5)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    epsilon = 1e-2
+    result = reward_pass(module, x, epsilon, preset="llm", with_input_reward=True)
+    torch.testing.assert_close(result.input_reward, epsilon_layer_reward(module, x, result.reward, epsilon))
+
+
+class AttentionBlock(nn.Module):
+    """A Hugging Face attention layer alone: hidden states in, hidden states out (positions for rotary)."""
+
+    def __init__(self, family: str, attention: str) -> None:
+        super().__init__()
+        model = build(family, attention)
+        self.layer = model.transformer.h[0].attn if family == "gpt2" else model.model.layers[0].self_attn
+        self.rotary = None if family == "gpt2" else model.model.rotary_emb
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.rotary is None:
+            return self.layer(hidden)[0]
+        positions = torch.arange(hidden.shape[1])[None].expand(hidden.shape[0], -1)
+        lowest = torch.finfo(hidden.dtype).min  # as Hugging Face's masks: -inf would meet a stabiliser at inf / inf
+        causal = torch.full((hidden.shape[1],) * 2, lowest, dtype=hidden.dtype).triu(1)
+        return self.layer(hidden, self.rotary(hidden, positions), causal[None, None])[0]
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_attention_hands_each_factor_its_gradient(family: str, attention: str) -> None:
+    block = AttentionBlock(family, attention)
+    x = torch.randn(1, 4, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    result = reward_pass(block, x, preset="llm", with_input_reward=True)
+    # with a negligible ε on its linear layers, the whole block hands on gradient x input
+    expected = epsilon_layer_reward(block, x, result.reward, TINY_EPSILON)
+    torch.testing.assert_close(result.input_reward, expected)
+    attnlrp = reward_pass(block, x, preset="llm_attnlrp", with_input_reward=True)
+    assert not torch.allclose(attnlrp.input_reward, expected, rtol=1e-2)  # the uniform rule would differ
+
+
+# -- llm_attnlrp: per layer ------------------------------------------------------------------------------
 
 
 def stabilise(z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -65,7 +144,6 @@ def test_layer_norm_relevance_matches_the_explicit_matrix() -> None:
         norm.bias.uniform_(-0.3, 0.3)
     x = torch.randn(4, width, dtype=torch.float64)
     result = reward_pass(norm, x, epsilon, with_input_reward=True)
-
     y = norm(x).detach()
     n = result.reward / stabilise(y, epsilon)
     centring = torch.eye(width, dtype=torch.float64) - 1.0 / width
@@ -106,7 +184,7 @@ def test_gelu_module_gets_the_identity_rule_as_a_whole() -> None:
     torch.testing.assert_close(actual.input_reward, expected.input_reward)
     for grad, reference in zip(actual.grads, expected.grads, strict=True):
         torch.testing.assert_close(grad, reference)
-    table = str(explain(written_out, x, preset="llm"))
+    table = str(explain(written_out, x, preset="llm_attnlrp"))
     assert "NewGELUActivation  forward" in table
     assert "pow" not in table
 
@@ -175,16 +253,26 @@ def lxt_patched(family: str) -> Iterator[None]:
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "mistral"])
-def test_feedback_matches_lxt_attnlrp(family: str, attention: str) -> None:
-    model = build(family, attention)
+def test_auto_chooses_llm_and_strict_training_raises_nothing(family: str, attention: str) -> None:
+    from lfpoptim import LFPOptimizer
+
+    model = build(family, attention).train()
     assert select_preset(model).name == "llm"
+    optimizer = LFPOptimizer(model, SoftmaxLossReward(), base=torch.optim.AdamW, lr=1e-3, strict=True)
+    tokens = torch.randint(0, VOCABULARY, (2, LENGTH), generator=torch.Generator().manual_seed(1))
+    optimizer.step({"input_ids": tokens}, tokens)
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "mistral"])
+def test_attnlrp_feedback_matches_lxt(family: str, attention: str) -> None:
+    model = build(family, attention)
     generator = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, VOCABULARY, (2, LENGTH), generator=generator)
     targets = torch.randint(0, VOCABULARY, (2, LENGTH), generator=generator)
     params = [p for _, p in model.named_parameters()]
     reward = SoftmaxLossReward()
     ours = lfp_pass(model, {"input_ids": tokens}, targets, reward, params, rules=rules(), reduction="sum")
-
     with lxt_patched(family):
         logits = model(input_ids=tokens).logits
     seed = reward(logits.detach(), targets) / logits.detach()

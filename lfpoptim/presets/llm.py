@@ -1,22 +1,28 @@
-r"""The ``llm`` preset: AttnLRP for Hugging Face causal language models (GPT-2, Llama, Qwen2, Mistral).
+r"""Presets for Hugging Face causal language models (GPT-2, Llama, Qwen2, Mistral): ``llm`` and ``llm_attnlrp``.
 
-Which rule each operation of these models gets (``lfpoptim.explain`` prints it per model):
+``llm`` (chosen by ``preset="auto"``) is made for training; ``llm_attnlrp`` is AttnLRP exactly as
+lxt's efficient rules for these families (its patch maps), for conservative reward. Which rule
+each operation gets (``lfpoptim.explain`` prints it per model):
 
-- token and position embeddings (``F.embedding``): epsilon (a lookup is a layer whose input is one-hot);
-- ``F.linear``, GPT-2's ``Conv1D`` (``torch.addmm``), the tied output layer: epsilon;
-- ``F.layer_norm`` (GPT-2): AttnLRP's identity rule on \(\sigma\), then epsilon
-  (`lfpoptim.rules.LayerNormRule`);
-- RMSNorm (Llama, Qwen2, Mistral): its ``torch.rsqrt`` scale is a constant
-  (`lfpoptim.rules.ConstantScaleRule`), its weight a parameter factor (epsilon);
-- rotary embeddings \(q \cos + \operatorname{rot}(q) \sin\): constant factors, then epsilon on the
-  sum (a fixed rotation);
-- residual sums: epsilon with ε = 1e-8;
-- \(q k^\top\) and \(A v\) (eager attention) and the fused ``F.scaled_dot_product_attention`` (SDPA;
-  causal, grouped-query): the uniform rule of AttnLRP, gradients of \(q, k, v\) times
-  \(\tfrac14, \tfrac14, \tfrac12\); softmax: AttnLRP's softmax rule (its gradient);
-- SiLU, GELU, and GPT-2's ``NewGELUActivation`` module as a whole: identity;
-- SwiGLU's \(\operatorname{silu}(g) \odot u\): the uniform rule;
+- token and position embeddings (``F.embedding``): epsilon (a lookup is a layer whose input is
+  one-hot); ``F.linear``, GPT-2's ``Conv1D`` (``torch.addmm``) and the tied output layer: epsilon;
+- LayerNorm (``F.layer_norm``) and RMSNorm (the ``*RMSNorm`` modules, as one operation):
+  ``llm``: epsilon, a layer with parameters whose whole Jacobian carries the reward (as the
+  ``vit`` preset and the reference's ViT treat LayerNorm); ``llm_attnlrp``: AttnLRP's identity
+  rule, the norm's scale a constant of the backward pass (`lfpoptim.rules.LayerNormRule`,
+  `lfpoptim.rules.ConstantScaleRule` on ``torch.rsqrt``), then epsilon;
+- rotary embeddings \(q \cos + \operatorname{rot}(q) \sin\): constant factors, then epsilon on
+  the sum (a fixed rotation); residual sums: epsilon with ε = 1e-8;
+- \(q k^\top\), \(A v\) (eager attention) and the fused ``F.scaled_dot_product_attention`` (SDPA;
+  causal, grouped-query): ``llm``: each factor receives the reward of the other held fixed,
+  the gradient (`lfpoptim.rules.GradientProductRule`, `lfpoptim.rules.GradientAttentionRule`);
+  ``llm_attnlrp``: AttnLRP's uniform rule, gradients of \(q, k, v\) times
+  \(\tfrac14, \tfrac14, \tfrac12\); softmax: AttnLRP's softmax rule (its gradient), in both;
+- SiLU, GELU and GPT-2's ``NewGELUActivation`` module as a whole: identity;
+- SwiGLU's \(\operatorname{silu}(g) \odot u\): AttnLRP's uniform rule, in both;
 - dropout: the optimizer's ``dropout`` mode.
+
+``docs/language-models.md`` gives the measurements behind ``llm``'s two departures from AttnLRP.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import torch.nn.functional as F
 
 from ..rules import (
     ADDITION_FUNCTIONS,
+    ATTENTION_FUNCTIONS,
+    MATMUL_FUNCTIONS,
     DropoutMode,
     EpsilonRule,
     IdentityActivationRule,
@@ -33,6 +41,7 @@ from ..rules import (
     default_rules,
     extended_rules,
 )
+from ..rules.bilinear import GradientAttentionRule, GradientProductRule
 from ..rules.modules import ModuleClass
 from ..rules.normalization import ConstantScaleRule, LayerNormRule
 from .registry import register_preset
@@ -50,14 +59,18 @@ CAUSAL_LM_MODULES = ("*ForCausalLM", "*LMHeadModel", "*DecoderLayer", "GPT2Block
 """Module class name patterns that make ``preset="auto"`` choose ``llm``."""
 
 
-@register_preset("llm", epsilon=LLM_EPSILON, module_types=CAUSAL_LM_MODULES, priority=10)
-def llm(epsilon: float = LLM_EPSILON, dropout: DropoutMode = "reference") -> RuleMap:
-    """AttnLRP for causal language models: embeddings, Conv1D, LayerNorm/RMSNorm, rotary, attention, gated MLPs.
+RMS_NORM_MODULES = "*RMSNorm"
+"""Module class name pattern of RMSNorm layers (``LlamaRMSNorm``, ``Qwen2RMSNorm``, ``MistralRMSNorm``)."""
+
+
+@register_preset("llm_attnlrp", epsilon=LLM_EPSILON)
+def llm_attnlrp(epsilon: float = LLM_EPSILON, dropout: DropoutMode = "reference") -> RuleMap:
+    """AttnLRP as lxt's efficient rules for causal LMs: identity rule on norms, uniform rule on attention.
 
     The ``vit`` preset's rules (epsilon on layers, uniform on products, AttnLRP softmax and fused
     attention) with ε = 1e-6 on layers, plus the epsilon rule on embeddings and ``addmm``,
-    AttnLRP's identity rule on the normalisations, and the identity rule on activation modules
-    written out of several functions. See the module docstring for the table.
+    AttnLRP's identity rule on LayerNorm and RMSNorm, and the identity rule on activation
+    modules written out of several functions. See the module docstring for the table.
 
     Args:
         epsilon: ε of the layers; residual sums and parameter factors use the smaller of it and 1e-8.
@@ -74,4 +87,25 @@ def llm(epsilon: float = LLM_EPSILON, dropout: DropoutMode = "reference") -> Rul
     rules[F.layer_norm] = LayerNormRule(epsilon)
     rules.update(dict.fromkeys((torch.rsqrt, torch.Tensor.rsqrt), ConstantScaleRule()))
     rules.update(dict.fromkeys(map(ModuleClass, ELEMENTWISE_ACTIVATION_MODULES), IdentityActivationRule()))
-    return rules  # type: ignore[return-value]  (module keys next to function keys)
+    return rules
+
+
+@register_preset("llm", epsilon=LLM_EPSILON, module_types=CAUSAL_LM_MODULES, priority=10)
+def llm(epsilon: float = LLM_EPSILON, dropout: DropoutMode = "reference") -> RuleMap:
+    """For training causal LMs: ``llm_attnlrp`` with norms as epsilon layers and attention's products by gradient.
+
+    Args:
+        epsilon: ε of the layers; residual sums and parameter factors use the smaller of it and 1e-8.
+        dropout: how train-mode dropout treats reward.
+
+    Returns:
+        the rule map.
+    """
+    rules = llm_attnlrp(epsilon, dropout)
+    for func in (F.layer_norm, torch.rsqrt, torch.Tensor.rsqrt):
+        del rules[func]
+    rules[F.layer_norm] = EpsilonRule(epsilon)
+    rules[ModuleClass(RMS_NORM_MODULES)] = EpsilonRule(epsilon)
+    rules.update(dict.fromkeys(MATMUL_FUNCTIONS, GradientProductRule(epsilon)))
+    rules.update(dict.fromkeys(ATTENTION_FUNCTIONS, GradientAttentionRule()))
+    return rules

@@ -15,6 +15,7 @@ from ..modules import heaviside
 from .activations import IdentityActivationRule
 from .attention import ScaledDotProductAttentionRule, SoftmaxRule
 from .base import FusionCell, Rule, TorchFunction, Trace, is_inplace_call
+from .bilinear import GradientAttentionRule, GradientProductRule
 from .coverage import (
     GRADIENT_OPERATIONS,
     CoverageCheck,
@@ -248,6 +249,8 @@ __all__ = [
     "EpsilonRule",
     "FusionCell",
     "GateActivationRule",
+    "GradientAttentionRule",
+    "GradientProductRule",
     "IdentityActivationRule",
     "LayerNormRule",
     "ModuleClass",

@@ -214,7 +214,7 @@ class DropInLFPOptimizer(WrappedOptimizer):
             inner = type(self.model).forward.__get__(self.model)
         if not torch.is_grad_enabled() or ForwardTrace.active():
             return inner(*args, **kwargs)
-        trace = ForwardTrace(self.rules)
+        trace = ForwardTrace(self.rules, self.model)
         try:
             with trace:
                 output = inner(*args, **kwargs)

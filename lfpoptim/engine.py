@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -114,7 +115,7 @@ class ForwardTrace(TorchFunctionMode):
         self._by_id: dict[int, _Stabilised] = {}
         self._records: list[_Stabilised] = []
         self._last_activation: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._module_rules: Any = None
+        self._module_rules: AbstractContextManager[None] | None = None
 
     def __enter__(self) -> ForwardTrace:
         if self.model is not None:

@@ -67,7 +67,7 @@ class Corpus:
 
 
 def batches(
-    ids: torch.Tensor, count: int, batch: int, length: int, seed: int
+    ids: torch.Tensor, count: int, batch: int, length: int, seed: int, *, device: torch.device | None = None
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``count`` batches of random windows: inputs ``(batch, length)`` and the next characters as targets."""
     generator = torch.Generator().manual_seed(seed)
@@ -75,7 +75,7 @@ def batches(
     for _ in range(count):
         starts = torch.randint(0, len(ids) - length - 1, (batch,), generator=generator)
         windows = torch.stack([ids[start : start + length + 1] for start in starts.tolist()])
-        result.append((windows[:, :-1], windows[:, 1:]))
+        result.append((windows[:, :-1].to(device), windows[:, 1:].to(device)))
     return result
 
 
@@ -145,6 +145,8 @@ def train(
             adamw.zero_grad()
             F.cross_entropy(model(input_ids=x).logits.flatten(0, 1), t.flatten()).backward()
             adamw.step()
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
         elapsed += time.perf_counter() - began
         if step % every == 0 or step == len(train_data):
             run.steps.append(step)
@@ -166,6 +168,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--every", type=int, default=50, help="evaluate every this many steps")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", type=Path, help="write the curves here")
     parser.add_argument("--plot", type=Path, help="write a plot of the curves here")
     parser.add_argument("--smoke", action="store_true", help="a few small steps: checks that everything runs")
@@ -177,26 +180,30 @@ def main() -> None:
     corpus = Corpus.load()
     print(f"corpus: Python's help topics, {len(corpus.train) + len(corpus.validation)} characters, "
           f"vocabulary {len(corpus.alphabet)}")  # fmt: skip
-    train_data = batches(corpus.train, args.steps, args.batch, args.length, seed=args.seed)
-    validation_data = batches(corpus.validation, 2 if args.smoke else EVALUATION_BATCHES, args.batch, args.length, 1)
+    device = torch.device(args.device)
+    train_data = batches(corpus.train, args.steps, args.batch, args.length, seed=args.seed, device=device)
+    evaluation_batches = 2 if args.smoke else EVALUATION_BATCHES
+    validation_data = batches(corpus.validation, evaluation_batches, args.batch, args.length, seed=1, device=device)
     families = ["gpt2", "llama"] if args.model == "both" else [args.model]
     results: dict[str, dict[str, Run]] = {}
     for family in families:
         results[family] = {}
         sizes = {"width": args.width, "layers": args.layers, "length": args.length, "seed": args.seed}
         for method in ("adamw", "lfp"):
-            model = build(family, vocabulary=len(corpus.alphabet), **sizes)  # the same start for both
+            model = build(family, vocabulary=len(corpus.alphabet), **sizes).to(device)  # the same start for both
             params = sum(p.numel() for p in model.parameters())
             print(f"{family} ({params / 1e3:.0f}k parameters), {method}")
             results[family][method] = train(model, method, train_data, validation_data, lr=args.lr, every=args.every)
 
     print(f"\nvalidation cross-entropy after {args.steps} steps (batch {args.batch} x {args.length} characters)")
+    tokens = args.batch * args.length
     for family, runs in results.items():
         adamw, lfp = runs["adamw"], runs["lfp"]
         ratio = lfp.validation[-1] / adamw.validation[-1]
         print(
             f"{family:6s} AdamW {adamw.validation[-1]:.3f}  LFP {lfp.validation[-1]:.3f}  ratio {ratio:.3f}  "
-            f"step time AdamW {adamw.seconds_per_step * 1e3:.0f} ms  LFP {lfp.seconds_per_step * 1e3:.0f} ms"
+            f"step time AdamW {adamw.seconds_per_step * 1e3:.0f} ms  LFP {lfp.seconds_per_step * 1e3:.0f} ms  "
+            f"tokens/s AdamW {tokens / adamw.seconds_per_step:.0f}  LFP {tokens / lfp.seconds_per_step:.0f}"
         )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-3, help="tuning learning rate (AdamW, both methods)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="tuning learning rate (AdamW, both methods)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)

@@ -183,3 +183,7 @@ def test_reward_tuning_example_smoke_prints_both_methods() -> None:
         assert re.search(
             rf"^{method}\s+yes rate \d\.\d+ \(first step\) -> \d\.\d+ \(held out\)", stdout, re.MULTILINE
         ), stdout
+
+
+def test_auto_leaves_torch_transformer_layers_to_the_attention_preset() -> None:
+    assert select_preset(nn.TransformerDecoderLayer(8, 2)).name == "vit"

@@ -2,8 +2,8 @@
 
 ``LFPOptimizer(model, reward, preset="auto")`` (the default) asks `select_preset` for the
 model's preset: timm's architecture name first (``model.pretrained_cfg["architecture"]``), then
-the module classes in the model (a causal language model's ``*ForCausalLM`` or decoder
-layers before attention), else ``"default"``. An explicit name overrides the
+the module classes in the model (a Hugging Face causal language model's ``*ForCausalLM`` or
+decoder blocks before attention), else ``"default"``. An explicit name overrides the
 choice; `get_preset` raises `UnknownPresetError` listing the known names. Built in:
 ``default``, ``resnet``, ``vit``, ``llm``, ``regression`` and ``snn`` (`list_presets` names them all);
 `register_preset` adds more, and other distributions add theirs through the entry-point group

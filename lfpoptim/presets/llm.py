@@ -55,8 +55,17 @@ SUM_EPSILON = 1e-8
 ELEMENTWISE_ACTIVATION_MODULES = ("NewGELUActivation", "GELUTanh", "FastGELUActivation", "QuickGELUActivation")
 """Hugging Face activation modules written as several torch functions: each gets the identity rule as a whole."""
 
-CAUSAL_LM_MODULES = ("*ForCausalLM", "*LMHeadModel", "*DecoderLayer", "GPT2Block")
-"""Module class name patterns that make ``preset="auto"`` choose ``llm``."""
+CAUSAL_LM_MODULES = (
+    "*ForCausalLM",
+    "*LMHeadModel",
+    "GPT2Block",
+    "LlamaDecoderLayer",
+    "Qwen2DecoderLayer",
+    "MistralDecoderLayer",
+)
+"""Module class name patterns that make ``preset="auto"`` choose ``llm``: Hugging Face causal LMs and their blocks.
+
+``torch.nn.TransformerDecoderLayer`` is not one of them (its fused attention has no rule here)."""
 
 
 RMS_NORM_MODULES = "*RMSNorm"

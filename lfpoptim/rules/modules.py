@@ -14,7 +14,7 @@ runs, every module of that class calls its forward through the rule, as one oper
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -60,20 +60,20 @@ class _RuledForward:
         return self.trace.call_module(self.rule, self.forward, args, kwargs)
 
 
-def module_rules(rules: Iterable[Any]) -> list[tuple[ModuleClass, Rule]]:
+def module_rules(rules: Mapping[Any, Rule]) -> list[tuple[ModuleClass, Rule]]:
     """The `ModuleClass` keys of a rule map, with their rules.
 
     Args:
-        rules: a rule map (its keys are read; ``rules[key]`` gives the rule).
+        rules: a rule map.
 
     Returns:
         ``(key, rule)`` for every `ModuleClass` key.
     """
-    return [(key, rules[key]) for key in rules if isinstance(key, ModuleClass)]  # type: ignore[index]
+    return [(key, rule) for key, rule in rules.items() if isinstance(key, ModuleClass)]
 
 
 @contextmanager
-def attached_module_rules(model: nn.Module, rules: Any, trace: Trace) -> Iterator[None]:
+def attached_module_rules(model: nn.Module, rules: Mapping[Any, Rule], trace: Trace) -> Iterator[None]:
     """Route the forward of every module that a `ModuleClass` key matches through its rule, for one block.
 
     The forward is replaced by an instance attribute for the block only; a forward the module had

@@ -135,13 +135,13 @@ def class_targets(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Ten
     classes = outputs.shape[-1]
     on_cpu = outputs.device.type == "cpu"
     indices = class_indices(outputs, targets, reward, check_range=not on_cpu)
-    ignored = indices == IGNORE_INDEX
+    kept = indices != IGNORE_INDEX
+    index, value = (indices * kept).unsqueeze(-1), kept.unsqueeze(-1).to(outputs.dtype)  # an ignored index writes 0
     try:  # written straight in the outputs' dtype (F.one_hot would need a cast)
-        onehot = torch.zeros_like(outputs).scatter_(-1, indices.masked_fill(ignored, 0).unsqueeze(-1), 1.0)
+        return torch.zeros_like(outputs).scatter_(-1, index, value)
     except RuntimeError:  # on the CPU, scatter_ checks the range itself: say which index is wrong
         _check_range(indices, classes)
         raise
-    return onehot.masked_fill_(ignored.unsqueeze(-1), 0.0)
 
 
 def _ignoring(reward: torch.Tensor, outputs: torch.Tensor, targets: Any) -> torch.Tensor:

@@ -187,3 +187,17 @@ def test_reward_tuning_example_smoke_prints_both_methods() -> None:
 
 def test_auto_leaves_torch_transformer_layers_to_the_attention_preset() -> None:
     assert select_preset(nn.TransformerDecoderLayer(8, 2)).name == "vit"
+
+
+def test_dropin_attaches_module_rules_so_strict_raises_nothing() -> None:
+    """Under ``llm`` RMSNorm is a module rule; without it its ``rsqrt`` would be uncovered (strict raises)."""
+    from lfpoptim import DropInLFPOptimizer
+
+    model = nn.Sequential(LogitsOf(llama()), nn.Flatten(0, 1))  # logits (tokens, vocabulary), as a classifier's
+    x = tokens()
+    with DropInLFPOptimizer(model, base=torch.optim.AdamW, lr=1e-3, strict=True, preset="llm") as optimizer:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), x.flatten()).backward()
+        optimizer.step()
+    norm = model[0].model.model.layers[0].input_layernorm
+    assert "forward" not in vars(norm)  # the module rule is detached after the forward

@@ -8,7 +8,7 @@ from pretrained weights: a GPT-2-style model (learned positions, LayerNorm, ``ge
 grouped-query attention).
 
 For each model both runs start from the same weights and see the same batches in the same order
-with the same learning rate: AdamW on the cross-entropy, and ``LFPOptimizer(model,
+with the same learning rate, without dropout: AdamW on the cross-entropy, and ``LFPOptimizer(model,
 SoftmaxLossReward(), base=torch.optim.AdamW)``, which takes the tokenizer-style batch
 ``{"input_ids": ...}`` and the next-token targets as they are (``preset="auto"`` chooses ``llm``;
 ``strict=True`` checks that every operation has a rule). Parameters the configs initialise to

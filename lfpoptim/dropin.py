@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .base_optimizer import BaseOptimizer, WrappedOptimizer, build_base_optimizer
-from .engine import ForwardTrace
+from .engine import ForwardTrace, output_tensor
 from .functional import FeedbackScaling, weight_scale_
 from .presets import AUTO, Preset, resolve_rules
 from .rules import DropoutMode, RuleMap
@@ -85,13 +85,6 @@ def _forward_with_rules(optimizer: DropInLFPOptimizer) -> Callable[..., Any]:
 
     return functools.update_wrapper(forward, type(optimizer.model).forward)
 
-
-def _logits(output: Any) -> torch.Tensor | None:
-    """The tensor the loss's gradient arrives at: the output itself, or a ``ModelOutput``'s ``.logits``."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    return logits if isinstance(logits, torch.Tensor) else None
 
 
 class DropInLFPOptimizer(WrappedOptimizer):
@@ -245,12 +238,12 @@ class DropInLFPOptimizer(WrappedOptimizer):
             inner = type(self.model).forward.__get__(self.model)
         if not torch.is_grad_enabled() or ForwardTrace.active():
             return inner(*args, **kwargs)
-        trace = ForwardTrace(self.rules)
+        trace = ForwardTrace(self.rules, self.model)
         try:
             with trace:
                 output = inner(*args, **kwargs)
-            logits = _logits(output)
-            if logits is not None and logits.requires_grad:
+            logits = output_tensor(output)
+            if isinstance(logits, torch.Tensor) and logits.requires_grad:
                 trace.finalize(logits, seeded=False)
                 logits.register_hook(self._check_loss_gradient(logits.detach()))
         finally:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,7 +31,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .rules import CoverageCheck, FusionCell, RuleMap, is_inplace_call, stabilise, stabiliser_ratio
-from .rules.base import OutputGradientHook, scalar
+from .rules.base import OutputGradientHook, Rule, scalar
+from .rules.modules import attached_module_rules
 
 FeedbackReduction = Literal["grad_norm", "normalized", "mean", "sum"]
 RewardFunction = Callable[[torch.Tensor, Any], torch.Tensor]
@@ -98,17 +100,62 @@ class ForwardTrace(TorchFunctionMode):
 
     Args:
         rules: which rule each torch function gets; functions without one run unchanged.
+        model: the network, whose modules matched by a `lfpoptim.rules.ModuleClass` key of
+            ``rules`` call their forward through that key's rule while the trace is active.
 
     Attributes:
         rules (RuleMap): the rule map the trace dispatches on.
+        model (nn.Module | None): the network whose module rules the trace attaches.
     """
 
-    def __init__(self, rules: RuleMap) -> None:
+    def __init__(self, rules: RuleMap, model: nn.Module | None = None) -> None:
         super().__init__()
         self.rules = rules
+        self.model = model
         self._by_id: dict[int, _Stabilised] = {}
         self._records: list[_Stabilised] = []
         self._last_activation: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._module_rules: AbstractContextManager[None] | None = None
+
+    def __enter__(self) -> ForwardTrace:
+        if self.model is not None:
+            self._module_rules = attached_module_rules(self.model, self.rules, self)
+            self._module_rules.__enter__()
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._detach_module_rules()
+            raise
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            super().__exit__(*exc_info)
+        finally:
+            self._detach_module_rules()
+
+    def _detach_module_rules(self) -> None:
+        attached, self._module_rules = self._module_rules, None
+        if attached is not None:
+            attached.__exit__(None, None, None)
+
+    def call_module(
+        self, rule: Rule, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run a module's ``forward`` under a module rule (see `lfpoptim.rules.ModuleClass`), as one operation.
+
+        The functions inside the module's forward are not traced: the rule stands for all of them.
+
+        Args:
+            rule: the rule of the module's class.
+            forward: the module's own forward.
+            args: its positional arguments.
+            kwargs: its keyword arguments.
+
+        Returns:
+            what the rule returns.
+        """
+        with torch._C.DisableTorchFunction():
+            return rule(self, forward, args, kwargs)
 
     def __torch_function__(
         self,
@@ -314,6 +361,39 @@ def _restore(saved_buffers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None
             buffer.copy_(saved)
 
 
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(**inputs)`` for a Mapping of keyword arguments (a tokenizer's batch), else ``model(inputs)``.
+
+    Args:
+        model: the network.
+        inputs: the batch.
+
+    Returns:
+        what the model returns.
+    """
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    return model(inputs)
+
+
+def output_tensor(outputs: Any) -> Any:
+    """The tensor the reward is computed on: ``outputs`` itself, or its ``.logits`` (a Hugging Face ``ModelOutput``).
+
+    Any other structure is returned as it is, for `check_outputs` to refuse: a model returning
+    something else is wrapped in a module whose ``forward`` returns the tensor to reward.
+
+    Args:
+        outputs: what the model returned.
+
+    Returns:
+        the tensor to reward (or ``outputs`` unchanged when it has none).
+    """
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    logits = getattr(outputs, "logits", None)
+    return logits if isinstance(logits, torch.Tensor) else outputs
+
+
 def check_outputs(outputs: Any, batch_dim: int | None) -> None:
     """Raise a clear error unless ``outputs`` is one non-empty tensor, with a ``batch_dim`` if one is given.
 
@@ -327,8 +407,9 @@ def check_outputs(outputs: Any, batch_dim: int | None) -> None:
     """
     if not isinstance(outputs, torch.Tensor):
         raise TypeError(
-            f"the model returned {type(outputs).__name__}; LFP needs a single output tensor "
-            "(wrap the model so that it returns the tensor the reward is computed on)"
+            f"the model returned {type(outputs).__name__}; LFP needs a single output tensor, or an output with a "
+            "`.logits` tensor (a Hugging Face ModelOutput): wrap the model in a module whose forward returns the "
+            "tensor the reward is computed on"
         )
     if batch_dim is not None and outputs.dim() <= batch_dim:
         raise ValueError(
@@ -417,8 +498,10 @@ def lfp_pass(
     backward pass).
 
     Args:
-        model: the network; called as ``model(inputs)``.
-        inputs: the batch, passed to the model as is.
+        model: the network; called as ``model(**inputs)`` when ``inputs`` is a Mapping (Hugging Face
+            keyword inputs such as ``{"input_ids": ..., "attention_mask": ...}``), else ``model(inputs)``.
+            Its output is a tensor, or has a ``.logits`` tensor (a ``ModelOutput``), which is rewarded.
+        inputs: the batch.
         targets: passed to ``reward_fn`` as is.
         reward_fn: ``reward_fn(outputs, targets)`` returns the reward, shaped like the outputs.
         params: the parameters to compute feedback for.
@@ -451,11 +534,13 @@ def lfp_pass(
     saved_buffers = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
     try:
         if with_input_reward:
+            if not isinstance(inputs, torch.Tensor):
+                raise TypeError(f"the input reward needs the inputs as one tensor, got {type(inputs).__name__}")
             inputs = inputs.detach().requires_grad_(True)
-        trace = ForwardTrace(rules)
+        trace = ForwardTrace(rules, model)
         try:
             with trace:
-                outputs = model(inputs)
+                outputs = output_tensor(call_model(model, inputs))
             check_outputs(outputs, None if reduction == "sum" else batch_dim)
             start, start_epsilon = trace.finalize(outputs)
         finally:

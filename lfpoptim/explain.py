@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .engine import ForwardTrace
+from .engine import ForwardTrace, call_model
 from .presets import AUTO, Preset, resolve_preset
 from .rules import DropoutMode, Rule, RuleMap, TorchFunction, operation_name, passes_reward
 from .rules.coverage import output_requires_grad, reads_gradient_tensors
@@ -151,10 +151,17 @@ def describe_rule(rule: Rule, func: TorchFunction, args: tuple[Any, ...], kwargs
 class _RecordingTrace(ForwardTrace):
     """The engine's forward trace, noting each operation on the reward's path and its rule."""
 
-    def __init__(self, rules: RuleMap, module_stack: list[tuple[str, str]]) -> None:
-        super().__init__(rules)
+    def __init__(self, rules: RuleMap, module_stack: list[tuple[str, str]], model: nn.Module) -> None:
+        super().__init__(rules, model)
         self.module_stack = module_stack
         self.records: list[OperationRecord] = []
+
+    def call_module(self, rule: Rule, forward: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run a module under its module rule (one operation, named ``forward``) and note it."""
+        output = super().call_module(rule, forward, args, kwargs)
+        if reads_gradient_tensors(args, kwargs) and output_requires_grad(output):
+            self._add("forward", describe_rule(rule, forward, args, kwargs))
+        return output
 
     def __torch_function__(
         self,
@@ -217,7 +224,8 @@ def explain(
 
     Args:
         model: the network, in the mode (``train()``/``eval()``) it will be trained or explained in.
-        example_inputs: a batch, passed as ``model(example_inputs)``.
+        example_inputs: a batch, passed as ``model(example_inputs)`` (``model(**example_inputs)``
+            for a Mapping of keyword arguments, as a Hugging Face tokenizer returns).
         preset: a preset name, ``"auto"`` (the optimizers' default) or a `lfpoptim.presets.Preset`.
         epsilon: ε for the preset; the preset's own when ``None``.
         dropout: how train-mode dropout treats reward.
@@ -238,13 +246,13 @@ def explain(
         resolved_epsilon = chosen.epsilon if epsilon is None else epsilon
         rule_map = chosen.rules(resolved_epsilon, dropout)
     stack: list[tuple[str, str]] = [("", type(model).__name__)]
-    trace = _RecordingTrace(rule_map, stack)
+    trace = _RecordingTrace(rule_map, stack, model)
     buffers = list(model.buffers())
     saved = [buffer.detach().clone() for buffer in buffers]
     handles = _track_modules(model, stack)
     try:
         with torch.random.fork_rng(devices=[]), torch.enable_grad(), trace:
-            model(example_inputs)
+            call_model(model, example_inputs)
     finally:
         trace.clear()
         for handle in handles:

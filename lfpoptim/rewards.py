@@ -7,7 +7,9 @@ but no ``device`` argument is needed: it is taken from the outputs.
 
 Classification rewards take ``targets`` as class indices shaped ``(batch,)`` (any integer dtype)
 or, where noted, as class probabilities shaped like the outputs, just as
-`torch.nn.functional.cross_entropy` does.
+`torch.nn.functional.cross_entropy` does. A language model's logits ``(batch, tokens,
+vocabulary)`` take next-token indices ``(batch, tokens)``; an index of -100 (`IGNORE_INDEX`,
+Hugging Face's padding label) gets zero reward at every unit of that position.
 
 The seed of LFP's backward pass is \(R / y\) per output unit, so a reward of the form
 \(y \odot s\) makes the outputs move along \(s\): for `SoftmaxLossReward`,
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "IGNORE_INDEX",
     "BinarySigmoidLossReward",
     "BoundedSoftmaxReward",
     "CorrectClassificationReward",
@@ -37,42 +40,58 @@ __all__ = [
 ]
 
 
+IGNORE_INDEX = -100
+"""The class index that marks a target to ignore (padding, a prompt token): it gets zero reward.
+
+Hugging Face's collators and `torch.nn.functional.cross_entropy` use the same value."""
+
+
 def _check_logits(outputs: torch.Tensor, reward: str) -> None:
-    if outputs.dim() != 2:
-        raise ValueError(f"{reward} expects outputs shaped (batch, classes), got shape {tuple(outputs.shape)}")
+    if outputs.dim() < 2:
+        raise ValueError(
+            f"{reward} expects outputs shaped (batch, classes), got shape {tuple(outputs.shape)} "
+            "(a language model's are (batch, tokens, vocabulary))"
+        )
 
 
 def class_indices(outputs: torch.Tensor, targets: Any, reward: str, *, check_range: bool = True) -> torch.Tensor:
-    """Validate class-index targets for ``outputs`` shaped ``(batch, classes)`` and return them.
+    """Validate class-index targets for ``outputs`` shaped ``(*batch, classes)`` and return them.
+
+    ``outputs`` are ``(batch, classes)`` for a classifier and ``(batch, tokens, vocabulary)`` for a
+    language model; ``targets`` are shaped like ``outputs`` without the last dimension. Entries
+    equal to `IGNORE_INDEX` (-100) are kept as they are: the rewards give them zero reward.
 
     Args:
-        outputs: the logits, shaped ``(batch, classes)``.
+        outputs: the logits, shaped ``(*batch, classes)``.
         targets: what the user passed as targets.
         reward: the reward's name, for error messages.
-        check_range: also check that every index lies in ``[0, classes)`` (one host sync);
-            `class_targets` leaves that to ``Tensor.scatter_``, which checks it on the CPU anyway.
+        check_range: also check that every index other than `IGNORE_INDEX` lies in ``[0, classes)``
+            (one host sync); `class_targets` leaves that to ``Tensor.scatter_``, which checks it on
+            the CPU anyway.
 
     Raises:
         TypeError: targets that are not an integer tensor.
-        ValueError: outputs that are not 2-d, targets of the wrong shape, an index out of range.
+        ValueError: outputs with fewer than 2 dimensions, targets of the wrong shape, an index out of range.
     """
     _check_logits(outputs, reward)
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"{reward} expects targets as a torch.Tensor of class indices, got {type(targets).__name__}")
-    batch = outputs.shape[0]
-    if targets.shape != (batch,):
+    expected = tuple(outputs.shape[:-1])
+    if tuple(targets.shape) != expected:
+        shape = f"({expected[0]},)" if len(expected) == 1 else str(expected)
         raise ValueError(
-            f"targets have shape {tuple(targets.shape)} but {reward} expects class indices shaped ({batch},) "
+            f"targets have shape {tuple(targets.shape)} but {reward} expects class indices shaped {shape} "
             f"for outputs of shape {tuple(outputs.shape)}"
         )
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
         raise TypeError(f"targets have dtype {targets.dtype} but class indices must be an integer dtype (torch.long)")
     if check_range:
-        _check_range(targets, outputs.shape[1])
+        _check_range(targets, outputs.shape[-1])
     return targets.to(device=outputs.device, dtype=torch.long)
 
 
 def _check_range(indices: torch.Tensor, classes: int) -> None:
+    indices = indices[indices != IGNORE_INDEX]
     if indices.numel() == 0:
         return
     lowest, highest = (int(value) for value in torch.aminmax(indices))
@@ -81,14 +100,34 @@ def _check_range(indices: torch.Tensor, classes: int) -> None:
         raise ValueError(f"target class index {bad} is out of range for outputs with {classes} classes")
 
 
-def class_targets(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Tensor:
-    """One-hot encode class indices, or copy class probabilities shaped like ``outputs``.
-
-    The result is a new tensor in the dtype of ``outputs`` that the caller may modify in place.
+def kept_targets(outputs: torch.Tensor, targets: Any) -> torch.Tensor | None:
+    """Where the targets are not `IGNORE_INDEX`, as a 0/1 mask shaped ``(*batch, 1)`` in the outputs' dtype.
 
     Args:
-        outputs: the logits, shaped ``(batch, classes)``.
-        targets: class indices shaped ``(batch,)``, or class probabilities shaped like ``outputs``.
+        outputs: the logits, shaped ``(*batch, classes)``.
+        targets: class indices shaped ``(*batch)``, or class probabilities shaped like ``outputs``.
+
+    Returns:
+        the mask, or ``None`` when nothing is ignored (probability targets, or no index is -100).
+    """
+    if not isinstance(targets, torch.Tensor) or targets.shape == outputs.shape:
+        return None
+    ignored = targets == IGNORE_INDEX
+    if not bool(ignored.any()):
+        return None
+    return (~ignored).to(device=outputs.device, dtype=outputs.dtype).unsqueeze(-1)
+
+
+def class_targets(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Tensor:
+    """One-hot encode class indices along the last dimension, or copy class probabilities shaped like ``outputs``.
+
+    The result is a new tensor in the dtype of ``outputs`` that the caller may modify in place.
+    An ignored target (`IGNORE_INDEX`) gets an all-zero row; the rewards zero their result there
+    with `kept_targets`.
+
+    Args:
+        outputs: the logits, shaped ``(*batch, classes)``.
+        targets: class indices shaped ``(*batch)``, or class probabilities shaped like ``outputs``.
         reward: the reward's name, for error messages.
     """
     if isinstance(targets, torch.Tensor) and targets.shape == outputs.shape and targets.dtype.is_floating_point:
@@ -96,11 +135,19 @@ def class_targets(outputs: torch.Tensor, targets: Any, reward: str) -> torch.Ten
     classes = outputs.shape[-1]
     on_cpu = outputs.device.type == "cpu"
     indices = class_indices(outputs, targets, reward, check_range=not on_cpu)
+    kept = indices != IGNORE_INDEX
+    index, value = (indices * kept).unsqueeze(-1), kept.unsqueeze(-1).to(outputs.dtype)  # an ignored index writes 0
     try:  # written straight in the outputs' dtype (F.one_hot would need a cast)
-        return torch.zeros_like(outputs).scatter_(1, indices.unsqueeze(1), 1.0)
+        return torch.zeros_like(outputs).scatter_(-1, index, value)
     except RuntimeError:  # on the CPU, scatter_ checks the range itself: say which index is wrong
         _check_range(indices, classes)
         raise
+
+
+def _ignoring(reward: torch.Tensor, outputs: torch.Tensor, targets: Any) -> torch.Tensor:
+    """``reward`` with zeros where the target is `IGNORE_INDEX` (in place)."""
+    kept = kept_targets(outputs, targets)
+    return reward if kept is None else reward.mul_(kept)
 
 
 class SoftmaxLossReward:
@@ -113,7 +160,7 @@ class SoftmaxLossReward:
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         onehot = class_targets(outputs, targets, type(self).__name__)
-        return onehot.sub_(outputs.softmax(dim=1)).mul_(outputs)
+        return _ignoring(onehot.sub_(outputs.softmax(dim=-1)).mul_(outputs), outputs, targets)
 
 
 class SigmoidLossReward:
@@ -121,7 +168,7 @@ class SigmoidLossReward:
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         onehot = class_targets(outputs, targets, type(self).__name__)
-        return onehot.sub_(torch.sigmoid(outputs)).mul_(outputs)
+        return _ignoring(onehot.sub_(torch.sigmoid(outputs)).mul_(outputs), outputs, targets)
 
 
 class BinarySigmoidLossReward:
@@ -175,15 +222,16 @@ class BoundedSoftmaxReward:
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         onehot = class_targets(outputs, targets, type(self).__name__)
-        probabilities = outputs.softmax(dim=1)
+        probabilities = outputs.softmax(dim=-1)
         probabilities = torch.where(probabilities > self.upper_bound, 1.0, probabilities)
         probabilities = torch.where(probabilities < self.lower_bound, 0.0, probabilities)
         scale = outputs.sign() if self.logit_sign_only else outputs
-        return scale * (onehot - probabilities)
+        return _ignoring(scale * (onehot - probabilities), outputs, targets)
 
 
-def _is_correct(outputs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    return outputs.gather(1, indices[:, None]).squeeze(1) == outputs.amax(dim=1)
+def _target_logits(outputs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Each sample's target logit, shaped ``(*batch, 1)`` (an ignored target reads class 0; it is masked later)."""
+    return outputs.gather(-1, indices.clamp_min(0).unsqueeze(-1))
 
 
 class CorrectClassificationReward:
@@ -194,8 +242,9 @@ class CorrectClassificationReward:
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         indices = class_indices(outputs, targets, type(self).__name__)
-        onehot = F.one_hot(indices, outputs.shape[1]).to(outputs.dtype)
-        return onehot * _is_correct(outputs, indices)[:, None].to(outputs.dtype) * outputs.sign()
+        onehot = class_targets(outputs, indices, type(self).__name__)
+        correct = _target_logits(outputs, indices) == outputs.amax(dim=-1, keepdim=True)
+        return onehot.mul_(correct.to(outputs.dtype)).mul_(outputs.sign())
 
 
 class MisclassificationReward:
@@ -203,8 +252,8 @@ class MisclassificationReward:
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         indices = class_indices(outputs, targets, type(self).__name__)
-        beats_target = outputs > outputs.gather(1, indices[:, None])
-        return -beats_target.to(outputs.dtype) * outputs.sign()
+        beats_target = outputs > _target_logits(outputs, indices)
+        return _ignoring(-beats_target.to(outputs.dtype) * outputs.sign(), outputs, targets)
 
 
 class MaximizeSingleNeuron:

@@ -2,9 +2,10 @@
 
 ``LFPOptimizer(model, reward, preset="auto")`` (the default) asks `select_preset` for the
 model's preset: timm's architecture name first (``model.pretrained_cfg["architecture"]``), then
-the module classes in the model (attention), else ``"default"``. An explicit name overrides the
+the module classes in the model (a Hugging Face causal language model's ``*ForCausalLM`` or
+decoder blocks before attention), else ``"default"``. An explicit name overrides the
 choice; `get_preset` raises `UnknownPresetError` listing the known names. Built in:
-``default``, ``resnet``, ``vit``, ``regression`` and ``snn`` (`list_presets` names them all);
+``default``, ``resnet``, ``vit``, ``llm``, ``regression`` and ``snn`` (`list_presets` names them all);
 `register_preset` adds more, and other distributions add theirs through the entry-point group
 ``lfpoptim.presets``.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..rules import CoverageCheck, DropoutMode, RuleMap
-from . import default, regression, resnet, snn, vit  # noqa: F401 (registers the built-in presets)
+from . import default, llm, regression, resnet, snn, vit  # noqa: F401 (registers the built-in presets)
 from .registry import (
     AUTO,
     ENTRY_POINT_GROUP,

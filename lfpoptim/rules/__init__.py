@@ -15,6 +15,7 @@ from ..modules import heaviside
 from .activations import IdentityActivationRule
 from .attention import ScaledDotProductAttentionRule, SoftmaxRule
 from .base import FusionCell, Rule, TorchFunction, Trace, is_inplace_call
+from .bilinear import GradientAttentionRule, GradientProductRule
 from .coverage import (
     GRADIENT_OPERATIONS,
     CoverageCheck,
@@ -27,6 +28,8 @@ from .dropout import DropoutMode, DropoutRule
 from .elementwise import NormalizeRule, PowerRule
 from .epsilon import EpsilonRule, stabilise, stabiliser_ratio
 from .gating import GateActivationRule
+from .modules import ModuleClass
+from .normalization import ConstantScaleRule, LayerNormRule
 from .products import AddcmulRule, DivisionRule, EinsumRule, ProductRule, is_parameter_like, product_kind
 
 RuleMap = dict[TorchFunction, Rule]
@@ -238,6 +241,7 @@ __all__ = [
     "SOFTMAX_FUNCTIONS",
     "SUM_FUNCTIONS",
     "AddcmulRule",
+    "ConstantScaleRule",
     "CoverageCheck",
     "DivisionRule",
     "DropoutRule",
@@ -245,7 +249,11 @@ __all__ = [
     "EpsilonRule",
     "FusionCell",
     "GateActivationRule",
+    "GradientAttentionRule",
+    "GradientProductRule",
     "IdentityActivationRule",
+    "LayerNormRule",
+    "ModuleClass",
     "NormalizeRule",
     "PowerRule",
     "ProductRule",

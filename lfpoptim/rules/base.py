@@ -77,6 +77,19 @@ class Trace(Protocol):
             z: its input.
         """
 
+    def call_module(self, rule: Rule, forward: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run a module's ``forward`` under ``rule``, as one operation (see `lfpoptim.rules.ModuleClass`).
+
+        Args:
+            rule: the rule of the module's class.
+            forward: the module's own forward.
+            args: its positional arguments.
+            kwargs: its keyword arguments.
+
+        Returns:
+            what the rule returns.
+        """
+
 
 class Rule(Protocol):
     """An LFP rule for one or more torch functions.

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from digits import accuracy, digits
+from script_runner import run_in_process
 from torch import nn
 
 import lfpoptim
@@ -301,3 +304,11 @@ def test_reference_sign_reward_does_not_learn_from_scratch() -> None:
             return CorrectClassificationReward()(outputs, self.labels[ids])
 
     assert train_digits(Correct, epochs=3) < 0.3
+
+
+def test_feedback_benchmark_runs_every_judge_and_plots(tmp_path: Path) -> None:
+    plot = tmp_path / "feedback.png"
+    stdout = run_in_process("benchmarks/feedback.py", "--smoke", "--plot", str(plot))
+    rows = re.findall(r"^\s*(full|quarter|flip10|flip30|graded|preference)\s+(\d\.\d{3})", stdout, flags=re.MULTILINE)
+    assert [name for name, _ in rows] == ["full", "quarter", "flip10", "flip30", "graded", "preference"], stdout
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

@@ -93,6 +93,25 @@ def test_epsilon_greedy_explores_uniformly_with_probability_epsilon() -> None:
     torch.testing.assert_close(frequencies, torch.tensor([0.7, 0.1, 0.1, 0.1]), atol=0.015, rtol=0)
 
 
+def test_epsilon_greedy_answers_are_weighted_by_how_likely_the_softmax_would_pick_them() -> None:
+    outputs = torch.tensor([[3.0, 0.0, -2.0], [3.0, 0.0, -2.0]])
+    p = outputs[0].softmax(dim=0)
+    choices = torch.tensor([0, 2])  # the best guess, and an explored unlikely class
+    weights = rewards_feedback.exploration_weight(outputs, choices, epsilon=0.3)
+    expected = torch.tensor([min(1.0, float(p[0]) / (0.7 + 0.1)), min(1.0, float(p[2]) / 0.1)])
+    torch.testing.assert_close(weights, expected)
+    assert weights[1] < 0.1  # a rejected random answer barely moves the logits
+
+    reward = ScoreReward(lambda shown, targets: -torch.ones(len(shown)), choice="epsilon-greedy", epsilon=1.0)
+    reward.generator = torch.Generator().manual_seed(0)
+    seed = reward(LOGITS, None) / LOGITS
+    chosen = seed.argmin(dim=1)  # a no lowers the chosen answer most
+    expected_seed = (
+        -log_softmax_gradient(LOGITS, chosen) * rewards_feedback.exploration_weight(LOGITS, chosen, 1.0)[:, None]
+    )
+    torch.testing.assert_close(seed, expected_seed)
+
+
 def test_baseline_is_a_running_mean_of_the_given_scores() -> None:
     batches = [torch.tensor([1.0, -1.0, -1.0, 0.0]), torch.tensor([1.0, 1.0, 0.0, 0.0])]
     reward = ScoreReward(lambda shown, targets: batches.pop(0), baseline=0.5)

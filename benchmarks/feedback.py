@@ -27,6 +27,7 @@ test accuracy against the number of judged samples.
     python benchmarks/feedback.py                                  # 3 seeds x 15 epochs, about 3 minutes
     python benchmarks/feedback.py --plot docs/plots/feedback_curves.png --json feedback.json
     python benchmarks/feedback.py --choice sample --conditions full,quarter
+    python benchmarks/feedback.py --clip-norm 1.0                  # LFP with its update norm clipped
     python benchmarks/feedback.py --smoke                          # 1 seed, 1 epoch: checks that it runs
 """
 
@@ -102,6 +103,7 @@ class Setting:
     condition: str
     choice: Choice = "argmax"
     baseline: float | None = None
+    lfp_options: tuple[tuple[str, Any], ...] = ()  # LFPOptimizer settings other than the defaults, for LFP only
 
 
 @dataclass
@@ -216,7 +218,8 @@ def run(method: str, setting: Setting, seed: int, epochs: int) -> Curve:
     model = make_mlp()
     step: Callable[[torch.Tensor, torch.Tensor], Any]
     if method == "LFP":
-        step = LFPOptimizer(model, feedback_reward(setting, seed, graded), lr=0.1, momentum=0.9).step
+        options = {"lr": 0.1, "momentum": 0.9, **dict(setting.lfp_options)}
+        step = LFPOptimizer(model, feedback_reward(setting, seed, graded), **options).step
     elif method == "REINFORCE":
         step = Reinforce(model, setting, seed, graded).step
     else:
@@ -274,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--choice", default="argmax", choices=("argmax", "sample", "epsilon-greedy"))
     parser.add_argument("--baseline", type=float, default=None, help="running-baseline decay for all methods")
+    parser.add_argument("--lfp-lr", type=float, default=0.1, help="LFP's learning rate (default 0.1, as SGD's)")
+    parser.add_argument("--feedback-reduction", help="LFP's feedback_reduction (default: LFPOptimizer's)")
+    parser.add_argument("--clip-norm", type=float, help="LFP's clip_norm (default: none)")
     parser.add_argument("--plot", type=Path, help="write the accuracy curves to this PNG")
     parser.add_argument("--json", type=Path, help="write every curve to this JSON file")
     parser.add_argument("--smoke", action="store_true", help="1 seed, 1 epoch: checks that everything runs")
@@ -285,12 +291,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown conditions {unknown}; choose from {CONDITIONS}")
     torch.set_num_threads(1)  # a tiny model: one thread is as fast and makes runs repeatable
 
-    print(f"choice={args.choice}, baseline={args.baseline}, {seeds} seed(s), {epochs} epoch(s)")
+    lfp_options = {"lr": args.lfp_lr, "feedback_reduction": args.feedback_reduction, "clip_norm": args.clip_norm}
+    lfp_options = {name: value for name, value in lfp_options.items() if value is not None}
+    print(f"choice={args.choice}, baseline={args.baseline}, LFP {lfp_options}, {seeds} seed(s), {epochs} epoch(s)")
     print("final test accuracy, mean (min-max) over the seeds")
     print(f"{'judge':>10}  " + "  ".join(f"{method:>19}" for method in METHODS) + "  LFP - REINFORCE")
     results: dict[str, dict[str, list[Curve]]] = {}
     for condition in conditions:
-        setting = Setting(condition, args.choice, args.baseline)
+        setting = Setting(condition, args.choice, args.baseline, tuple(lfp_options.items()))
         results[condition] = {
             method: [run(method, setting, seed, epochs) for seed in range(seeds)] for method in METHODS
         }

@@ -7,8 +7,9 @@ accuracy after every epoch:
 * ``SoftmaxLossReward``: the library's default, for comparison;
 * ``ClassWeightedReward``: a reward written here, the softmax reward with a weight per class
   (like ``cross_entropy(weight=...)``), here tripling the weight of the digit 8;
-* ``YesNoFeedbackReward``: a judge sees only the model's answer (its argmax) and says yes or no;
-  the label reaches the training only through that judgement, as it would from a person.
+* ``ScoreReward`` around a yes/no judge: the judge sees only the model's answer (its argmax) and
+  says yes or no; the label reaches the training only through that judgement, as it would from a
+  person (``examples/human_feedback.py`` lets a person be the judge).
 
     python examples/custom_rewards.py              # 15 epochs per reward, about 10 s
     python examples/custom_rewards.py --smoke      # 1 epoch: checks that everything runs
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from _digits import load_digits_split, make_mlp, train_epoch  # examples/_digits.py, next to this file
 
-from lfpoptim import LFPOptimizer, SoftmaxLossReward
+from lfpoptim import LFPOptimizer, ScoreReward, SoftmaxLossReward
 
 Reward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -45,28 +46,15 @@ class ClassWeightedReward:
 
 
 # --8<-- [start:yes-no]
-def oracle_judge(answers: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Stands in for a person: +1 (yes) where the answer is right, -1 (no) where it is wrong."""
-    return torch.where(answers == targets, 1.0, -1.0)
+def oracle_judge(shown: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Stands in for a person: +1 (yes) where the answer is right, -1 (no) where it is wrong.
 
-
-class YesNoFeedbackReward:
-    r"""Reward from a judgement of the model's answer only.
-
-    The judge gets the answers (argmax classes) and returns one score per sample, +1 or -1. With
-    \(a\) the answer and \(s\) the score, the reward is \(R = s \, y \odot (e_a - \operatorname{softmax}(y))\):
-    the seed \(R / y\) raises the answer's logit against the others after a yes and lowers it
-    after a no (the policy-gradient direction of \(s \log \operatorname{softmax}(y)_a\)).
+    ``shown.argmax(dim=1)`` is the answer the model gave; the label is used nowhere else.
     """
+    return torch.where(shown.argmax(dim=1) == targets, 1.0, -1.0)
 
-    def __init__(self, judge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-        self.judge = judge
 
-    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        answers = outputs.argmax(dim=1)
-        scores = self.judge(answers, targets).to(outputs.dtype)  # the only place the label is used
-        chosen = F.one_hot(answers, outputs.shape[1]).to(outputs.dtype)
-        return scores[:, None] * outputs * (chosen - outputs.softmax(dim=1))
+yes_no_reward = ScoreReward(oracle_judge)
 
 
 # --8<-- [end:yes-no]
@@ -102,7 +90,7 @@ def main() -> None:
     rewards: dict[str, Reward] = {
         "softmax": SoftmaxLossReward(),
         "class-weighted": ClassWeightedReward(weights),
-        "yes/no judge": YesNoFeedbackReward(oracle_judge),
+        "yes/no judge": yes_no_reward,
     }
     results = {name: train(reward, epochs) for name, reward in rewards.items()}
     curves = {name: curve for name, (curve, _) in results.items()}

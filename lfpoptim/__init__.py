@@ -1,6 +1,6 @@
 """lfpoptim: train neural networks with Layer-wise Feedback Propagation behind a torch.optim API."""
 
-from . import analysis, presets, prune, rewards, rewards_regression, rules
+from . import analysis, presets, prune, rewards, rewards_feedback, rewards_regression, rules
 from .analysis import ZeroParameterWarning
 from .dropin import DropInLFPOptimizer
 from .engine import LFPPass, lfp_pass
@@ -15,10 +15,10 @@ from .rewards import (
     MaximizeSingleNeuron,
     MinimizeSingleNeuron,
     MisclassificationReward,
-    ScoreReward,
     SigmoidLossReward,
     SoftmaxLossReward,
 )
+from .rewards_feedback import PreferenceReward, RatingReward, ScoreReward
 from .rewards_regression import AbsoluteErrorReward, HuberReward, SquaredErrorReward
 from .rules import UncoveredOperationError, UncoveredOperationWarning
 
@@ -39,7 +39,9 @@ __all__ = [
     "MaximizeSingleNeuron",
     "MinimizeSingleNeuron",
     "MisclassificationReward",
+    "PreferenceReward",
     "Preset",
+    "RatingReward",
     "ScoreReward",
     "SigmoidLossReward",
     "SoftmaxLossReward",
@@ -58,6 +60,7 @@ __all__ = [
     "prune",
     "register_preset",
     "rewards",
+    "rewards_feedback",
     "rewards_regression",
     "rules",
 ]

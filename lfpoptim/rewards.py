@@ -14,17 +14,26 @@ Hugging Face's padding label) gets zero reward at every unit of that position.
 The seed of LFP's backward pass is \(R / y\) per output unit, so a reward of the form
 \(y \odot s\) makes the outputs move along \(s\): for `SoftmaxLossReward`,
 \(s = \text{onehot} - \operatorname{softmax}(y)\) is exactly minus the gradient of
-cross-entropy at the logits. Rewards that are discrete (`CorrectClassificationReward`, a
-human's yes/no through `ScoreReward`) multiply by \(\operatorname{sign}(y)\) instead.
+cross-entropy at the logits.
+
+The reference's discrete rewards, `CorrectClassificationReward` and `MisclassificationReward`,
+multiply by \(\operatorname{sign}(y)\) instead: their seed \(\pm 1 / |y|\) is largest where an
+output is close to zero, whatever the model's confidence, and it says nothing about the classes
+that were not chosen. They are kept under the reference's names to reproduce its experiments and
+to fine-tune models that already give confident outputs; from a random start they do not learn
+(the digits MLP stays at chance). To learn from a yes/no, a rating or a preference, use the
+adapters of `lfpoptim.rewards_feedback` (`ScoreReward`, also importable from here, `RatingReward`,
+`PreferenceReward`), whose seed is the policy gradient of the judged answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from .rewards_feedback import ScoreReward  # noqa: F401 (moved there; kept importable from here)
 
 __all__ = [
     "IGNORE_INDEX",
@@ -34,7 +43,6 @@ __all__ = [
     "MaximizeSingleNeuron",
     "MinimizeSingleNeuron",
     "MisclassificationReward",
-    "ScoreReward",
     "SigmoidLossReward",
     "SoftmaxLossReward",
 ]
@@ -235,9 +243,13 @@ def _target_logits(outputs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor
 
 
 class CorrectClassificationReward:
-    r"""Discrete: \(\operatorname{sign}(y)\) at the target unit of each correctly classified sample.
+    r"""The reference's discrete reward: \(\operatorname{sign}(y)\) at the target unit of each right answer.
 
-    0 elsewhere. Not differentiable, and LFP does not need it to be.
+    0 elsewhere (at the other units and for wrong answers). Not differentiable, and LFP does not
+    need it to be. Its seed \(1 / |y|\) at the target unit reinforces what is already right and
+    says nothing where the model is wrong: it is for reproducing the reference's experiments and
+    fine-tuning confident models, not for training from scratch (the digits MLP stays at 0.10).
+    To learn from right/wrong, use `lfpoptim.rewards_feedback.ScoreReward`.
     """
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -248,7 +260,11 @@ class CorrectClassificationReward:
 
 
 class MisclassificationReward:
-    r"""Discrete: \(-\operatorname{sign}(y)\) at every unit whose output beats the target's, 0 elsewhere."""
+    r"""The reference's discrete reward: \(-\operatorname{sign}(y)\) at every unit whose output beats the target's.
+
+    0 elsewhere. As `CorrectClassificationReward`, its seed \(-1 / |y|\) ignores the model's
+    confidence; it is kept for the reference's experiments.
+    """
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         indices = class_indices(outputs, targets, type(self).__name__)
@@ -294,41 +310,3 @@ class MinimizeSingleNeuron(MaximizeSingleNeuron):
     """
 
     direction = -1.0
-
-
-Scores = torch.Tensor | Sequence[float]
-
-
-class ScoreReward:
-    r"""Turn a per-sample black-box score into a reward at each sample's predicted class.
-
-    ``score_fn(outputs, targets)`` returns one number per sample: a human's yes (+1) or no (-1),
-    a non-differentiable metric, anything. The reward is that score at the unit the model chose
-    (its argmax), times \(\operatorname{sign}(y)\) so that a positive score strengthens the
-    choice and a negative one weakens it; every other unit gets 0.
-
-    Args:
-        score_fn: ``score_fn(outputs, targets)`` -> scores shaped ``(batch,)`` (tensor, array or list).
-
-    Attributes:
-        score_fn (Callable[[torch.Tensor, Any], Scores]): the scoring function, as given.
-
-    Raises:
-        TypeError: ``score_fn`` is not callable.
-    """
-
-    def __init__(self, score_fn: Callable[[torch.Tensor, Any], Scores]) -> None:
-        if not callable(score_fn):
-            raise TypeError(f"score_fn must be callable, got {type(score_fn).__name__}")
-        self.score_fn = score_fn
-
-    def __call__(self, outputs: torch.Tensor, targets: Any = None) -> torch.Tensor:
-        _check_logits(outputs, type(self).__name__)
-        scores = torch.as_tensor(self.score_fn(outputs, targets), dtype=outputs.dtype, device=outputs.device)
-        if scores.shape != (outputs.shape[0],):
-            raise ValueError(
-                f"score_fn returned shape {tuple(scores.shape)} but must give one score per sample, "
-                f"shape ({outputs.shape[0]},)"
-            )
-        chosen = F.one_hot(outputs.argmax(dim=1), outputs.shape[1]).to(outputs.dtype)
-        return chosen * scores[:, None] * outputs.sign()

@@ -3,11 +3,13 @@
 Each command writes one PNG and prints the Markdown table that goes next to it in
 ``docs/benchmarks.md`` (copied by hand, so that the page states numbers a reader can regenerate).
 
-    python scripts/docs_plots.py all          # everything below, about 5 minutes on 2 CPU cores
+    python scripts/docs_plots.py all          # everything below, about 9 minutes on 2 CPU cores
     python scripts/docs_plots.py digits       # digits_learning_curves.png: LFP vs SGD, 3 seeds x 30 epochs
     python scripts/docs_plots.py step-time    # runs benchmarks/step_time.py --json, then step_time.png
     python scripts/docs_plots.py step-time --from-json docs/plots/step_time_cpu.json   # redraw only
     python scripts/docs_plots.py sparsity     # feedback_sparsity.png: update sparsity and weight Gini
+    python scripts/docs_plots.py feedback     # feedback_curves.png: benchmarks/feedback.py, LFP vs REINFORCE
+    python scripts/docs_plots.py human-feedback   # human_feedback_oracle.png: examples/human_feedback.py, oracle
     python scripts/docs_plots.py all --smoke --out /tmp/plots   # tiny runs: checks that everything works
 """
 
@@ -45,17 +47,22 @@ MEMORY_TARGET = 1.1
 """The library's target for LFP's peak memory relative to SGD's."""
 
 
-def load_example(name: str) -> ModuleType:
-    """Import ``examples/<name>.py`` as a module (``examples/`` is not a package)."""
+def load_script(path: str) -> ModuleType:
+    """Import a repository script (``benchmarks/x.py``, ``examples/x.py``) as a module, to call its ``main``."""
     if str(ROOT / "examples") not in sys.path:
-        sys.path.insert(0, str(ROOT / "examples"))  # as for `python examples/<name>.py`: they import _digits
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+        sys.path.insert(0, str(ROOT / "examples"))  # the scripts import examples/_digits.py
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
     if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"examples/{name}.py not found")
+        raise FileNotFoundError(f"{path} not found")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is being made
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is being made
     spec.loader.exec_module(module)
     return module
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module (``examples/`` is not a package)."""
+    return load_script(f"examples/{name}.py")
 
 
 def digits_learning_curves(out: Path, smoke: bool) -> Path:
@@ -202,10 +209,34 @@ def feedback_sparsity(out: Path, smoke: bool) -> Path:
     return path
 
 
+def feedback_curves(out: Path, smoke: bool) -> Path:
+    """Accuracy against judged samples, LFP's feedback rewards against REINFORCE (``benchmarks/feedback.py``)."""
+    path = out / "feedback_curves.png"
+    load_script("benchmarks/feedback.py").main(["--plot", str(path), *(["--smoke"] if smoke else [])])
+    return path
+
+
+def human_feedback_oracle(out: Path, smoke: bool) -> Path:
+    """Held-out accuracy against answers of ``examples/human_feedback.py`` with ``--judge oracle``."""
+    path = out / "human_feedback_oracle.png"
+    state = out / "human_feedback_oracle.pt"
+    answers = "64" if smoke else "2000"
+    argv = sys.argv
+    try:  # the example reads its options from sys.argv, as when run from the command line
+        sys.argv = ["human_feedback.py", "--judge", "oracle", "--digits", answers, "--fresh"]
+        sys.argv += ["--state", str(state), "--plot", str(path)]
+        load_script("examples/human_feedback.py").main()
+    finally:
+        sys.argv = argv
+    state.unlink()
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     """Make the plots named on the command line (``argv``; ``sys.argv`` when ``None``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("plot", choices=("all", "digits", "step-time", "sparsity"), help="which plot to make")
+    plots = ("all", "digits", "step-time", "sparsity", "feedback", "human-feedback")
+    parser.add_argument("plot", choices=plots, help="which plot to make")
     parser.add_argument("--out", type=Path, default=PLOTS, help=f"output folder (default: {PLOTS.relative_to(ROOT)})")
     parser.add_argument("--from-json", type=Path, help="step-time: plot this benchmark JSON instead of running it")
     parser.add_argument("--smoke", action="store_true", help="tiny runs, to check that everything works")
@@ -220,6 +251,10 @@ def main(argv: list[str] | None = None) -> None:
         made.append(step_time_plot(args.out, args.from_json, args.smoke))
     if args.plot in ("all", "sparsity"):
         made.append(feedback_sparsity(args.out, args.smoke))
+    if args.plot in ("all", "feedback"):
+        made.append(feedback_curves(args.out, args.smoke))
+    if args.plot in ("all", "human-feedback"):
+        made.append(human_feedback_oracle(args.out, args.smoke))
     print("\nwrote " + ", ".join(str(path) for path in made))
 
 

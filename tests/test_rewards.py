@@ -63,16 +63,6 @@ def test_single_neuron_rewards():
         rewards.MaximizeSingleNeuron(unit=5)(outputs)
 
 
-def test_score_reward_puts_a_black_box_score_on_the_chosen_unit():
-    human_says = [1, -1, 1]
-    reward = rewards.ScoreReward(lambda outputs, targets: human_says)(LOGITS, None)
-    expected = torch.zeros(3, 3)
-    expected[0, 0], expected[1, 2], expected[2, 1] = 1.0, -1.0, 1.0
-    torch.testing.assert_close(reward, expected * LOGITS.sign())
-    with pytest.raises(ValueError, match=r"score_fn returned shape \(2,\) but must give one score per sample"):
-        rewards.ScoreReward(lambda outputs, targets: [1, 2])(LOGITS, None)
-
-
 @pytest.mark.parametrize(
     ("targets", "error", "message"),
     [

@@ -31,7 +31,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .rewards_feedback import ScoreReward  # noqa: F401 (moved there; kept importable from here)
 

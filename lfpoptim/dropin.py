@@ -86,7 +86,6 @@ def _forward_with_rules(optimizer: DropInLFPOptimizer) -> Callable[..., Any]:
     return functools.update_wrapper(forward, type(optimizer.model).forward)
 
 
-
 class DropInLFPOptimizer(WrappedOptimizer):
     r"""LFP for an unchanged training loop: ``zero_grad()``, forward, loss, ``backward()``, ``step()``.
 

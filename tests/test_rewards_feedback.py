@@ -291,8 +291,8 @@ def test_score_reward_learns_digits_from_yes_no_alone() -> None:
     print(f"yes/no, 15 epochs: LFP {lfp:.3f}, REINFORCE {reinforce:.3f}")
     assert reinforce > 0.93
     assert lfp > 0.9
-    # benchmarks/feedback.py: 0.946 against 0.961 over 3 seeds; single runs range from 0.911 to 0.956
-    assert lfp > reinforce - 0.05
+    # benchmarks/feedback.py: 0.956 against 0.961 over 3 seeds; single runs range from 0.950 to 0.961
+    assert lfp > reinforce - 0.03
 
 
 def test_score_reward_learns_when_only_a_quarter_is_judged() -> None:
@@ -303,7 +303,8 @@ def test_score_reward_learns_when_only_a_quarter_is_judged() -> None:
     reinforce = train_digits(quarter, epochs=15, reinforce=True)
     print(f"a quarter judged, 15 epochs: LFP {lfp:.3f}, REINFORCE {reinforce:.3f}")
     assert lfp > 0.85
-    assert lfp > reinforce - 0.03  # benchmarks/feedback.py: 0.911 against 0.852 over 3 seeds
+    # benchmarks/feedback.py: 0.886 against 0.852 over 3 seeds, but single runs of either range over 0.1
+    assert lfp > reinforce - 0.07
 
 
 def test_rating_and_preference_rewards_learn_digits() -> None:

@@ -110,18 +110,19 @@ def report(out: Path, plot: Path | None) -> None:
             if method in records[0]["results"]
         }
         rates = sorted(means[name]["SGD"])
-        print(f"\n{name} ({len(records)} seed(s), {records[0]['epochs']} epochs): final test accuracy")
+        print(f"\n**{name}** ({len(records)} seed(s), {records[0]['epochs']} epochs): final test accuracy\n")
         print("| method | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | best |")
         print("|---|" + "---:|" * (len(rates) + 1))
         for method, accuracies in means[name].items():
             cells = " | ".join(f"{accuracies[lr]:.3f}" for lr in rates)
             print(f"| {method} | {cells} | {max(accuracies.values()):.3f} |")
+        print()
         sgd = means[name]["SGD"]
         sgd_best_lr = max(sgd, key=sgd.get)
         for method in (method for method in ("LFP", "LFP normalized") if method in means[name]):
             gap = 100 * (max(means[name][method].values()) - max(sgd.values()))
             at = means[name][method][sgd_best_lr]
-            print(f"{method}: best {gap:+.1f} pt against SGD's best; {at:.3f} at SGD's best lr {sgd_best_lr:g}")
+            print(f"- {method}: best {gap:+.1f} pt against SGD's best; {at:.3f} at SGD's best lr {sgd_best_lr:g}")
     if plot is not None:
         draw(means, plot)
 

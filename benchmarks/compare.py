@@ -57,6 +57,7 @@ class Run:
     seed: int
     accuracies: list[float] = field(default_factory=list)
     images_per_second: float = 0.0
+    diverged: bool = False
 
     @property
     def final(self) -> float:
@@ -108,18 +109,25 @@ def train(
     model.train()
     for _ in range(epochs):
         for batch in torch.randperm(len(data.train_targets), generator=batch_order).split(batch_size):
+            if run.diverged:
+                break
             inputs, targets = data.train_inputs[batch], data.train_targets[batch]
             started = time.perf_counter()
-            if method == "lfp":
-                optimizer.step(inputs, targets)
-            else:
-                optimizer.zero_grad()
-                F.cross_entropy(model(inputs), targets).backward()
-                optimizer.step()
+            try:
+                if method == "lfp":
+                    optimizer.step(inputs, targets)
+                else:
+                    optimizer.zero_grad()
+                    F.cross_entropy(model(inputs), targets).backward()
+                    optimizer.step()
+            except ValueError as error:  # LFP refuses a step on NaN or Inf: the run has diverged
+                if "NaN or Inf" not in str(error):
+                    raise
+                run.diverged = True
             seconds += time.perf_counter() - started
             images += len(targets)
             schedule.step()
-        run.accuracies.append(test_accuracy(model, data))
+        run.accuracies.append(test_accuracy(model, data))  # after a divergence: what the diverged model scores
     run.images_per_second = images / seconds
     return run
 

@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="start over instead of resuming --state")
     parser.add_argument("--batch", type=int, default=8, help="answers per training step (default: 8)")
     parser.add_argument("--lr", type=float, default=0.03, help="learning rate (default: 0.03)")
-    parser.add_argument("--clip-norm", type=float, default=1.0, help="clip each update's norm (default: 1.0)")
+    parser.add_argument("--clip-norm", type=float, default=None, help="clip each update's norm (default: no clipping)")
     parser.add_argument("--digits", type=int, help="stop after this many answers in this sitting")
     parser.add_argument("--plot", type=Path, help="at the end, plot held-out accuracy against answers to this PNG")
     parser.add_argument("--smoke", action="store_true", help="oracle, 64 answers: a quick check that it runs")

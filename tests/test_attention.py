@@ -222,8 +222,14 @@ class TwoBranches(nn.Module):
         return self.head(self.combine(self.left(x), self.right(x)))
 
 
-def branch_rewards(combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """The reward arriving at the two branches' outputs and at the combination's output, per unit."""
+def branch_rewards(
+    combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], preset: str = "vit"
+) -> tuple[torch.Tensor, ...]:
+    """The reward arriving at the two branches' outputs and at the combination's output, per unit.
+
+    ``vit`` is AttnLRP (the uniform rule for every product of two signals); ``default`` hands both
+    factors of an element-wise product the whole reward.
+    """
     torch.manual_seed(1)
     model = TwoBranches(combine).double()
     inputs = torch.randn(5, 6, dtype=torch.float64)
@@ -245,7 +251,10 @@ def branch_rewards(combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         args[0].register_hook(lambda grad: seen.__setitem__("out", grad * values))
 
     model.head.register_forward_pre_hook(keep_input)
-    LFPOptimizer(model, SoftmaxLossReward(), epsilon=1e-12, feedback_reduction="sum", lr=0.1).feedback(inputs, targets)
+    optimizer = LFPOptimizer(
+        model, SoftmaxLossReward(), preset=preset, epsilon=1e-12, feedback_reduction="sum", lr=0.1
+    )
+    optimizer.feedback(inputs, targets)
     return seen["left"], seen["right"], seen["out"]
 
 
@@ -253,6 +262,14 @@ def test_product_of_two_signals_splits_reward_evenly() -> None:
     left, right, out = branch_rewards(torch.mul)
     torch.testing.assert_close(left, out / 2)
     torch.testing.assert_close(right, out / 2)
+
+
+def test_default_preset_hands_both_factors_of_a_product_the_whole_reward() -> None:
+    left, right, out = branch_rewards(torch.mul, preset="default")
+    torch.testing.assert_close(left, out)
+    torch.testing.assert_close(right, out)
+    left, right, out = branch_rewards(lambda a, b: (a.unsqueeze(2) @ b.unsqueeze(1)).sum(dim=2), preset="default")
+    torch.testing.assert_close(left.sum(dim=1), out.sum(dim=1) / 2)  # matrix products stay uniform
 
 
 def test_matmul_of_two_signals_splits_reward_evenly() -> None:
@@ -281,6 +298,9 @@ def test_sigmoid_gate_keeps_the_share_of_its_resting_value() -> None:
     gate = seen["gate"]
     torch.testing.assert_close(left, out / 2)
     torch.testing.assert_close(right, out / 2 * (gate - 0.5) / gate)
+    left, right, out = branch_rewards(gated, preset="default")  # both factors the whole reward
+    torch.testing.assert_close(left, out)
+    torch.testing.assert_close(right, out * (seen["gate"] - 0.5) / seen["gate"])
 
 
 def test_layer_scale_is_a_layer_not_a_product() -> None:

@@ -73,7 +73,7 @@ def test_preset_and_epsilon_are_shown() -> None:
 def test_gate_and_attention_rules_are_named() -> None:
     model = nn.Sequential(nn.Linear(4, 4), SqueezeExcite(4))
     rules = {r.operation: r.rule for r in explain(model, torch.randn(3, 4)).operations}
-    assert rules["Tensor.mul"] == "uniform (AttnLRP), a gate"
+    assert rules["Tensor.mul"] == "gradient (two signals), a gate"  # the default preset
     assert rules["sigmoid"] == "identity (from φ(0) in a gate)"
     assert rules["relu"] == "identity"
 

@@ -30,7 +30,15 @@ from .epsilon import EpsilonRule, stabilise, stabiliser_ratio
 from .gating import GateActivationRule
 from .modules import ModuleClass
 from .normalization import ConstantScaleRule, LayerNormRule
-from .products import AddcmulRule, DivisionRule, EinsumRule, ProductRule, is_parameter_like, product_kind
+from .products import (
+    AddcmulRule,
+    DivisionRule,
+    EinsumRule,
+    ProductRule,
+    SignalProducts,
+    is_parameter_like,
+    product_kind,
+)
 
 RuleMap = dict[TorchFunction, Rule]
 
@@ -186,7 +194,10 @@ GATE_FUNCTIONS: dict[TorchFunction, int | None] = {
 
 
 def extended_rules(
-    epsilon: float = 1e-6, dropout: DropoutMode = "reference", sum_epsilon: float | None = None
+    epsilon: float = 1e-6,
+    dropout: DropoutMode = "reference",
+    sum_epsilon: float | None = None,
+    signal_products: SignalProducts = "uniform",
 ) -> RuleMap:
     """Rules for what `default_rules` leaves to the gradient, to add to it: products, attention, and more.
 
@@ -203,12 +214,14 @@ def extended_rules(
         sum_epsilon: ε of ``torch.sum``, ``F.fold`` and ``addcmul``, and of element-wise scaling by a
             parameter (layer scale: one contribution per output, so a stabiliser has nothing to
             stabilise there and a large ε only damps the reward); ``epsilon`` when ``None``.
+        signal_products: how an element-wise product of two signals (a gate) shares its reward,
+            see `lfpoptim.rules.products.SignalProducts`; matrix products keep the uniform rule.
     """
     if epsilon < 0:
         raise ValueError(f"epsilon must be non-negative, got {epsilon}")
     sum_epsilon = epsilon if sum_epsilon is None else sum_epsilon
     rules: RuleMap = dict.fromkeys(SUM_FUNCTIONS, EpsilonRule(sum_epsilon))
-    rules.update(dict.fromkeys(MULTIPLY_FUNCTIONS, ProductRule(sum_epsilon)))
+    rules.update(dict.fromkeys(MULTIPLY_FUNCTIONS, ProductRule(sum_epsilon, signal_products)))
     rules.update(dict.fromkeys(MATMUL_FUNCTIONS, ProductRule(epsilon)))
     rules.update(dict.fromkeys(DIVISION_FUNCTIONS, DivisionRule(sum_epsilon)))
     rules.update(dict.fromkeys(ADDCMUL_FUNCTIONS, AddcmulRule(sum_epsilon)))
@@ -260,6 +273,7 @@ __all__ = [
     "Rule",
     "RuleMap",
     "ScaledDotProductAttentionRule",
+    "SignalProducts",
     "SoftmaxRule",
     "Trace",
     "UncoveredOperationError",

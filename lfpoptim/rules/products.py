@@ -37,6 +37,16 @@ from .gating import is_gate, mark_gate
 
 ProductKind = Literal["uniform", "parameter", "constant"]
 
+SignalProducts = Literal["uniform", "gradient"]
+r"""How a product of two signals \(y = a \odot b\) hands on its reward.
+
+- ``"uniform"``: AttnLRP's uniform rule, \(R_a = R_b = 	frac12 R_y\) (conservative).
+- ``"gradient"``: each factor receives the whole reward of the product with the other factor held
+  fixed, \(R_a = R_b = R_y\): the product's own gradient. Not conservative, but it does not halve
+  the reward at every product: in a network with \(k\) gates (squeeze-and-excitation blocks) in
+  sequence, the uniform rule hands the first layers \(2^{-k}\) of what reaches the last ones.
+"""
+
 _PARAMETER_VIEWS = frozenset(
     {
         "ViewBackward0",
@@ -173,17 +183,20 @@ def _with_operands(
 class ProductRule:
     r"""Element-wise and matrix products of two tensors (``a * b``, ``a @ b``, ``torch.bmm``).
 
-    Two signals: the uniform rule, \(R_a = R_b = \tfrac12 R\); a factor that is a sigmoid-like
-    activation's output is a gate and hands on only its share above its resting value
+    Two signals: as ``signals`` says (`SignalProducts`: the uniform rule
+    \(R_a = R_b = \tfrac12 R\), or the gradient); a factor that is a sigmoid-like activation's
+    output is a gate and hands on only its share above its resting value
     (`lfpoptim.rules.gating`). A signal and a parameter: the epsilon rule. A constant factor:
     the gradient (exact, the product is linear in the signal).
 
     Attributes:
         epsilon: ε of the epsilon rule for products with a parameter (layer scale).
+        signals: how a product of two signals shares its reward.
         name: how `lfpoptim.explain` calls the rule.
     """
 
     epsilon: float = 1e-6
+    signals: SignalProducts = "uniform"
     name: str = "product"
 
     _OTHER = ("other", "mat2")
@@ -202,7 +215,8 @@ class ProductRule:
         first, second = _operands(args, kwargs, self._OTHER)
         kind = product_kind(first, second)
         gate = ", a gate" if kind == "uniform" and (is_gate(first) or is_gate(second)) else ""
-        return _KIND_NAMES[kind].format(epsilon=self.epsilon) + gate
+        name = "gradient (two signals)" if kind == "uniform" and self.signals == "gradient" else _KIND_NAMES[kind]
+        return name.format(epsilon=self.epsilon) + gate
 
     def __call__(self, trace: Trace, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         first, second = _operands(args, kwargs, self._OTHER)
@@ -212,6 +226,8 @@ class ProductRule:
         if kind == "uniform":
             mark_gate(first)
             mark_gate(second)
+            if self.signals == "gradient":
+                return func(*args, **kwargs)
             if inplace:
                 output = func(*args, **kwargs)
                 scale_gradient_at(output, 0.5)

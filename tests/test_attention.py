@@ -251,9 +251,7 @@ def branch_rewards(
         args[0].register_hook(lambda grad: seen.__setitem__("out", grad * values))
 
     model.head.register_forward_pre_hook(keep_input)
-    optimizer = LFPOptimizer(
-        model, SoftmaxLossReward(), preset=preset, epsilon=1e-12, feedback_reduction="sum", lr=0.1
-    )
+    optimizer = LFPOptimizer(model, SoftmaxLossReward(), preset=preset, epsilon=1e-12, feedback_reduction="sum", lr=0.1)
     optimizer.feedback(inputs, targets)
     return seen["left"], seen["right"], seen["out"]
 

@@ -10,12 +10,13 @@ the library's default; the only difference is the update.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,9 @@ __all__ = [
     "load_digits_split",
     "make_lenet_bn",
     "make_mlp",
+    "run_missing",
+    "save_figure",
+    "saved_runs_arguments",
     "train",
     "train_both",
 ]
@@ -142,3 +146,28 @@ def train_both(
         method: train(copy.deepcopy(start), method, data, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed)
         for method in METHODS
     }
+
+
+def saved_runs_arguments(parser: argparse.ArgumentParser, *, seeds: str, out: Path) -> None:
+    """The options every saved-runs benchmark takes: seeds, threads, where runs are saved, report and plot."""
+    parser.add_argument("--seeds", default=seeds)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--report", action="store_true", help="only print the tables of the saved runs")
+    parser.add_argument("--plot", type=Path, default=None, help="with --report: write the plot here")
+
+
+def run_missing(out: Path, seeds: str, names: Iterable[str], run_one: Callable[[str, int], None]) -> None:
+    """``run_one(name, seed)`` for every name and seed whose ``out/<name>-<seed>.json`` is not saved yet."""
+    names = list(names)
+    for seed in (int(seed) for seed in seeds.split(",")):
+        for name in names:
+            if not (out / f"{name}-{seed}.json").exists():
+                run_one(name, seed)
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """Write a matplotlib figure to ``path`` (its folder made if needed) and say so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"plot saved to {path}")

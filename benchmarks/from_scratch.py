@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import timm
 import torch
-from compare import METHODS, load_digit_images, train_both
+from compare import METHODS, load_digit_images, run_missing, save_figure, saved_runs_arguments, train_both
 
 MODELS: dict[str, dict[str, object]] = {
     "resnet18": {},
@@ -107,29 +107,20 @@ def draw(records: dict[str, list[dict]], plot: Path) -> None:
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy")
     axes[0][0].legend(loc="lower right")
-    plot.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(plot, dpi=110, bbox_inches="tight")
-    print(f"plot saved to {plot}")
+    save_figure(figure, plot)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
-    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("outputs/from_scratch"))
-    parser.add_argument("--report", action="store_true", help="only print the table of the saved runs")
-    parser.add_argument("--plot", type=Path, default=None, help="with --report: write the curves here")
+    saved_runs_arguments(parser, seeds="0,1,2", out=Path("outputs/from_scratch"))
     args = parser.parse_args()
     if args.report:
         report(args.out, args.plot)
         return
     torch.set_num_threads(args.threads)
-    for seed in (int(seed) for seed in args.seeds.split(",")):
-        for model_name in args.models.split(","):
-            if not (args.out / f"{model_name}-{seed}.json").exists():
-                run(model_name, seed, args.epochs, args.out)
+    run_missing(args.out, args.seeds, args.models.split(","), lambda name, seed: run(name, seed, args.epochs, args.out))
 
 
 if __name__ == "__main__":

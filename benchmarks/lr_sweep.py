@@ -32,7 +32,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import timm
 import torch
-from compare import Digits, load_digit_images, load_digits_split, make_lenet_bn, make_mlp, train
+from compare import (
+    Digits,
+    load_digit_images,
+    load_digits_split,
+    make_lenet_bn,
+    make_mlp,
+    run_missing,
+    save_figure,
+    saved_runs_arguments,
+    train,
+)
 from torch import nn
 
 
@@ -147,29 +157,21 @@ def draw(means: dict[str, dict[str, dict[float, float]]], plot: Path) -> None:
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("final test accuracy")
     axes[0][0].legend(loc="lower left", fontsize=8)
-    plot.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(plot, dpi=110, bbox_inches="tight")
-    print(f"plot saved to {plot}")
+    save_figure(figure, plot)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(CONFIGS), help="comma-separated, from: " + ", ".join(CONFIGS))
-    parser.add_argument("--seeds", default="0")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("outputs/lr_sweep"))
-    parser.add_argument("--report", action="store_true", help="only print the tables of the saved runs")
-    parser.add_argument("--plot", type=Path, default=None, help="with --report: write the plot here")
+    saved_runs_arguments(parser, seeds="0", out=Path("outputs/lr_sweep"))
     args = parser.parse_args()
     if args.report:
         report(args.out, args.plot)
         return
     torch.set_num_threads(args.threads)
-    for seed in (int(seed) for seed in args.seeds.split(",")):
-        for name in args.models.split(","):
-            if not (args.out / f"{name}-{seed}.json").exists():
-                sweep(name, seed, args.methods.split(","), args.out)
+    methods = args.methods.split(",")
+    run_missing(args.out, args.seeds, args.models.split(","), lambda name, seed: sweep(name, seed, methods, args.out))
 
 
 if __name__ == "__main__":

@@ -141,19 +141,7 @@ class ForwardTrace(TorchFunctionMode):
     def call_module(
         self, rule: Rule, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """Run a module's ``forward`` under a module rule (see `lfpoptim.rules.ModuleClass`), as one operation.
-
-        The functions inside the module's forward are not traced: the rule stands for all of them.
-
-        Args:
-            rule: the rule of the module's class.
-            forward: the module's own forward.
-            args: its positional arguments.
-            kwargs: its keyword arguments.
-
-        Returns:
-            what the rule returns.
-        """
+        """Implements `lfpoptim.rules.base.Trace.call_module`; the functions inside the forward are not traced."""
         with torch._C.DisableTorchFunction():
             return rule(self, forward, args, kwargs)
 

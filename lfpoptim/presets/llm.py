@@ -15,7 +15,7 @@ each operation gets (``lfpoptim.explain`` prints it per model):
   the sum (a fixed rotation); residual sums: epsilon with ε = 1e-8;
 - \(q k^\top\), \(A v\) (eager attention) and the fused ``F.scaled_dot_product_attention`` (SDPA;
   causal, grouped-query): ``llm``: each factor receives the reward of the other held fixed,
-  the gradient (`lfpoptim.rules.GradientProductRule`, `lfpoptim.rules.GradientAttentionRule`);
+  the gradient (`lfpoptim.rules.ProductRule` with ``signals="gradient"``, `lfpoptim.rules.GradientAttentionRule`);
   ``llm_attnlrp``: AttnLRP's uniform rule, gradients of \(q, k, v\) times
   \(\tfrac14, \tfrac14, \tfrac12\); softmax: AttnLRP's softmax rule (its gradient), in both;
 - SiLU, GELU and GPT-2's ``NewGELUActivation`` module as a whole: identity;
@@ -37,11 +37,12 @@ from ..rules import (
     DropoutMode,
     EpsilonRule,
     IdentityActivationRule,
+    ProductRule,
     RuleMap,
     default_rules,
     extended_rules,
 )
-from ..rules.bilinear import GradientAttentionRule, GradientProductRule
+from ..rules.bilinear import GradientAttentionRule
 from ..rules.modules import ModuleClass
 from ..rules.normalization import ConstantScaleRule, LayerNormRule
 from .registry import register_preset
@@ -115,6 +116,6 @@ def llm(epsilon: float = LLM_EPSILON, dropout: DropoutMode = "reference") -> Rul
         del rules[func]
     rules[F.layer_norm] = EpsilonRule(epsilon)
     rules[ModuleClass(RMS_NORM_MODULES)] = EpsilonRule(epsilon)
-    rules.update(dict.fromkeys(MATMUL_FUNCTIONS, GradientProductRule(epsilon)))
+    rules.update(dict.fromkeys(MATMUL_FUNCTIONS, ProductRule(epsilon, signals="gradient")))
     rules.update(dict.fromkeys(ATTENTION_FUNCTIONS, GradientAttentionRule()))
     return rules

@@ -15,7 +15,7 @@ from ..modules import heaviside
 from .activations import IdentityActivationRule
 from .attention import ScaledDotProductAttentionRule, SoftmaxRule
 from .base import FusionCell, Rule, TorchFunction, Trace, is_inplace_call
-from .bilinear import GradientAttentionRule, GradientProductRule
+from .bilinear import GradientAttentionRule
 from .coverage import (
     GRADIENT_OPERATIONS,
     CoverageCheck,
@@ -263,7 +263,6 @@ __all__ = [
     "FusionCell",
     "GateActivationRule",
     "GradientAttentionRule",
-    "GradientProductRule",
     "IdentityActivationRule",
     "LayerNormRule",
     "ModuleClass",

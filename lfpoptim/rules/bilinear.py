@@ -8,8 +8,9 @@ branch against the residual stream in every block, and the model learns more slo
 gradients (measured in ``docs/language-models.md``: a 2-layer GPT-2 on characters reaches a
 validation cross-entropy 1.13x AdamW's with the split and 1.08x without it).
 
-The rules here treat a product of two signals as the epsilon rule treats a layer whose weights
-are the other factor, held fixed: \(R_a = a \odot \partial y / \partial a^\top (R / y)\) for
+`GradientAttentionRule` (and, for ``a @ b`` and ``a * b``, `lfpoptim.rules.ProductRule` with
+``signals="gradient"``) treat a product of two signals as the epsilon rule treats a layer whose
+weights are the other factor, held fixed: \(R_a = a \odot \partial y / \partial a^\top (R / y)\) for
 each factor in turn. In the gradient formulation that is the product's own gradient, unchanged.
 Each factor then receives the whole reward, so the product is not conservative (the factors
 together receive \(2R\)); products with a parameter or a constant keep the rules of
@@ -21,29 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import TorchFunction, Trace, is_inplace_call
-from .epsilon import mark_output
-from .products import product_kind
-
-
-@dataclass(frozen=True)
-class GradientProductRule:
-    """``a @ b``: two signals get the gradient (each factor the whole reward), a parameter factor the epsilon rule.
-
-    Attributes:
-        epsilon: ε of the epsilon rule for a product with a parameter.
-        name: how `lfpoptim.explain` calls the rule.
-    """
-
-    epsilon: float = 1e-6
-    name: str = "gradient (each factor)"
-
-    def __call__(self, trace: Trace, func: TorchFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        first = args[0] if args else kwargs.get("input")
-        second = args[1] if len(args) > 1 else kwargs.get("other", kwargs.get("mat2"))
-        trace.consume(args, kwargs, inplace=is_inplace_call(func, kwargs))
-        kind = product_kind(first, second)
-        return mark_output(trace, func(*args, **kwargs), self.epsilon, kind == "parameter")
+from .base import TorchFunction, Trace
 
 
 @dataclass(frozen=True)
